@@ -1,0 +1,49 @@
+"""The ``synthex`` command: a thin Typer app with one sub-command group per stage.
+
+Each command parses its input, calls one library function and prints the result. Library
+errors (:class:`synthex.errors.SynthexError`) are printed as one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from synthex import __version__
+from synthex.cli import data as data_cli
+from synthex.cli import phantom as phantom_cli
+from synthex.errors import SynthexError
+
+app = typer.Typer(
+    name="synthex",
+    help="SynTheX-Ray: clinical text -> synthetic chest X-rays. For research, not diagnosis.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_cli.app, name="data")
+app.add_typer(phantom_cli.app, name="phantom")
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print the SynTheX-Ray version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except SynthexError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
