@@ -1,0 +1,1 @@
+"""Packaged configuration files (presets, cleaning rules)."""

@@ -1,0 +1,1 @@
+"""Text utilities shared by the data pipeline and the generation engine."""
