@@ -5,6 +5,9 @@ traceback and exits with status 2.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class SynthexError(Exception):
     """A user-facing error: bad path, column, image, prompt, seed or configuration."""
@@ -16,3 +19,18 @@ class DataSourceError(SynthexError):
 
 class OutputExistsError(SynthexError):
     """An output folder already holds results and --overwrite/--resume was not given."""
+
+
+class ImageReadError(SynthexError):
+    """An image file cannot be read: missing, not an image, truncated or corrupt."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(
+            f"cannot read image {self.path}: {reason}; re-download or re-export the file, "
+            "or leave it out of the image list"
+        )
+
+    def __reduce__(self):  # picklable across worker processes
+        return type(self), (self.path, self.reason)
