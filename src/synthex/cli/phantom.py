@@ -51,3 +51,57 @@ def list_findings() -> None:
                    f"graded: {'yes' if spec.graded else 'no':3s}  {spec.description}")
         if spec.synonyms:
             typer.echo(f"{'':24s} also: {', '.join(spec.synonyms)}")
+
+
+@app.command()
+def build(
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (Kaggle IU X-ray layout)."),
+    n: int = typer.Option(None, "--n", help="Use the first N reports (default: all 3,851 with images)."),
+    size: int = typer.Option(256, "--size", help="Phantom side in pixels."),
+    seed: int = typer.Option(0, "--seed", "-s", help="Dataset seed (image seeds derive from it and the image id)."),
+    lateral: bool = typer.Option(False, "--lateral", help="Also list lateral projections (not rendered: PA only)."),
+    workers: int = typer.Option(1, "--workers", "-j", help="Parallel render processes."),
+    map_file: Path = typer.Option(None, "--map", help="Your own MeSH -> finding rules YAML."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo a finished build in --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Pair every real bundled report with a phantom drawn from its own MeSH labels."""
+    from synthex.phantom.dataset import BuildOptions, build_dataset
+
+    report = build_dataset(BuildOptions(str(out), n, size, seed, lateral, workers, overwrite, not quiet,
+                                        str(map_file) if map_file else None))
+    share = report.terms_mapped / max(report.terms_total, 1)
+    typer.echo(f"{report.reports:,} reports, {report.frontal_images:,} frontal phantoms "
+               f"({report.written:,} written, {report.skipped_existing:,} already there), "
+               f"{report.lateral_rows:,} lateral rows listed without images")
+    typer.echo(f"MeSH terms mapped to findings: {report.terms_mapped:,} of {report.terms_total:,} ({share:.0%}); "
+               f"{report.images_with_unmapped_only:,} abnormal reports drawn as normal-looking (only unmapped terms)")
+    top = ", ".join(f"{k} {v}" for k, v in list(report.unmapped_by_heading.items())[:10])
+    typer.echo(f"most frequent unmapped headings: {top} (all in {out / 'mesh_mapping.csv'})")
+    typer.echo("findings drawn: " + ", ".join(f"{k} {v}" for k, v in report.finding_counts.items()))
+
+
+@app.command()
+def classifier(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for model.safetensors + config.json."),
+    n_train: int = typer.Option(4000, "--n-train", help="Training phantoms."),
+    n_test: int = typer.Option(1000, "--n-test", help="Held-out phantoms (other seeds) for AUROC."),
+    size: int = typer.Option(128, "--size", help="Image side the classifier sees."),
+    epochs: int = typer.Option(8, "--epochs"),
+    seed: int = typer.Option(0, "--seed", "-s"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing classifier in --out."),
+) -> None:
+    """Train the phantom finding classifier and print per-finding AUROC on held-out phantoms."""
+    from synthex.errors import OutputExistsError
+    from synthex.phantom.classifier import WEIGHTS_FILE, save_classifier, train_phantom_classifier
+
+    if (out / WEIGHTS_FILE).exists() and not overwrite:
+        raise OutputExistsError(f"{out / WEIGHTS_FILE} exists; pass --overwrite to replace it.")
+    model, metrics = train_phantom_classifier(
+        n_train, n_test, size, epochs, seed,
+        callback=lambda epoch, loss: typer.echo(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f}"),
+    )
+    save_classifier(model, out)
+    for name, value in metrics.items():
+        typer.echo(f"{name:24s} AUROC {value:.3f}")
+    typer.echo(f"mean AUROC {sum(metrics.values()) / len(metrics):.3f} on {n_test:,} held-out phantoms; saved {out}")
