@@ -121,6 +121,8 @@ def test_cli_prepare_and_inspect_and_mesh(tmp_path):
     res = runner.invoke(app, ["data", "mesh", "Diaphragm"])
     assert res.exit_code == 0 and res.output.startswith("Diaphragm (")
     assert "└── mild" in res.output or "├── mild" in res.output
+    res = runner.invoke(app, ["data", "mesh", "--combinations", "--top", "3"])
+    assert res.exit_code == 0 and "normal" in res.output.splitlines()[1]
     res = runner.invoke(app, ["data", "prepare", "--out", str(tmp_path / "p"), "-q", "--no-card"])
     assert res.exit_code == 0, res.output
     assert "XXXX" in res.output and "selected:" in res.output

@@ -91,6 +91,7 @@ def mesh(
     source: str = typer.Option("bundled", "--source", "-s", help=SOURCE_HELP),
     all_projections: bool = typer.Option(False, "--all-projections", help="Count every image, not only frontal ones."),
     top: int = typer.Option(30, "--top", help="Rows of the frequency table."),
+    combos: bool = typer.Option(False, "--combinations", help="Per-image heading combinations instead."),
 ) -> None:
     """MeSH heading frequencies, or the qualifier tree of one heading (Diaphragm -> right -> elevated -> mild)."""
     from synthex.data import mesh as mesh_mod
@@ -101,6 +102,8 @@ def mesh(
         table = table[table["projection"] == "Frontal"].drop_duplicates("uid")
     if heading:
         typer.echo(mesh_mod.render_tree(mesh_mod.mesh_tree(table["mesh"], heading)))
+    elif combos:
+        typer.echo(mesh_mod.combinations(table["mesh"]).head(top).to_string(index=False))
     else:
         typer.echo(mesh_mod.heading_frequencies(table["mesh"]).head(top).to_string(index=False))
 
