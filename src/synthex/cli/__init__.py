@@ -12,7 +12,9 @@ import typer
 
 from synthex import __version__
 from synthex.cli import data as data_cli
+from synthex.cli import generate as generate_cli
 from synthex.cli import phantom as phantom_cli
+from synthex.cli import train as train_cli
 from synthex.errors import SynthexError
 
 app = typer.Typer(
@@ -23,6 +25,8 @@ app = typer.Typer(
 )
 app.add_typer(data_cli.app, name="data")
 app.add_typer(phantom_cli.app, name="phantom")
+app.add_typer(train_cli.app, name="train")
+generate_cli.register(app)
 
 
 @app.callback()

@@ -1,0 +1,374 @@
+"""``synthex generate | info | synthesize | compare``: images from text, their parameters,
+synthetic datasets and prompt difference maps.
+
+The commands are defined on this module's ``app`` (run it alone with
+``python -m synthex.cli.generate``, e.g. under ``accelerate launch``) and added to the root
+``synthex`` app by :func:`register`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from synthex.errors import OutputExistsError, SynthexError
+
+app = typer.Typer(help="Generate synthetic chest X-rays (research use, not diagnosis).",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+MODEL_HELP = "Model preset (see 'synthex info --models'), diffusers folder or hub id."
+LORA_HELP = "LoRA file or a preset LoRA name, with optional strength: PATH[:SCALE]. Repeatable."
+DEFAULT_NAME = "synthetic_xray_{seed}.png"
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+def parse_lora(text: str) -> tuple[str, float]:
+    """``"path/x.safetensors:0.8"`` -> ``("path/x.safetensors", 0.8)``; no scale -> 1.0."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
+def _quiet_libraries() -> None:
+    """No third-party loading bars / load reports on the console (ours stay)."""
+    try:
+        import diffusers.utils.logging as dlog
+        import transformers.utils.logging as tlog
+
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
+        dlog.set_verbosity_error()
+        tlog.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _engine(allow_download: bool) -> Any:
+    from synthex.generate.engine import Engine
+    from synthex.models.registry import ModelRegistry
+
+    _quiet_libraries()
+    return Engine(ModelRegistry(allow_download=True if allow_download else None))
+
+
+def _progress(total_hint: int, quiet: bool) -> tuple[Any, Any]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_hint, disable=quiet, unit="step", leave=False)
+
+    def callback(step: int, total: int, latents: Any) -> None:
+        bar.total = total
+        bar.n = step
+        bar.refresh()
+
+    return bar, callback
+
+
+def output_files(out: str | os.PathLike[str] | None, seeds: list[int],
+                 source: Path | None = None) -> list[Path]:
+    """Where ``generate`` writes: ``-o OUT.png`` (OUT_00.png... for several images), ``-o DIR/``
+    or an existing folder (DIR/synthetic_xray_SEED.png), else the current folder;
+    ``--from IMG.png`` alone writes IMG_regen.png."""
+    if out is None and source is not None and len(seeds) == 1:
+        return [source.with_name(f"{source.stem}_regen.png")]
+    raw = "" if out is None else str(out)
+    if out is None or raw.endswith(("/", os.sep)) or Path(raw).is_dir():
+        folder = Path(raw) if raw else Path.cwd()
+        return [folder / DEFAULT_NAME.format(seed=seed) for seed in seeds]
+    path = Path(raw)
+    if path.suffix.lower() != ".png":
+        raise SynthexError(f"-o {raw}: give a .png file or a folder ending in '/'")
+    if len(seeds) == 1:
+        return [path]
+    width = max(2, len(str(len(seeds) - 1)))
+    return [path.with_name(f"{path.stem}_{k:0{width}d}.png") for k in range(len(seeds))]
+
+
+def _refuse_existing(paths: list[Path], overwrite: bool) -> None:
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite to "
+                                "replace, or choose another -o")
+
+
+def _loras(values: list[str] | None) -> list[tuple[str, float]] | None:
+    return [parse_lora(v) for v in values] if values else None
+
+
+# --------------------------------------------------------------------------------------------
+# generate
+# --------------------------------------------------------------------------------------------
+def _build_request(prompt: str | None, source: Path | None, fields: dict[str, Any]) -> Any:
+    from synthex.generate.engine import GenerationRequest, request_from_parameters
+    from synthex.generate.infotext import read_png_parameters
+
+    if source is not None:
+        params = read_png_parameters(source)
+        if prompt:
+            fields["prompt"] = prompt
+        return request_from_parameters(params, **fields), params
+    if not prompt:
+        raise SynthexError("give a PROMPT to generate from, or --from IMG.png to re-generate an image")
+    defaults = {k: v for k, v in fields.items() if v is not None}
+    return GenerationRequest(prompt=prompt, **defaults), None
+
+
+def _report_source(source: Path, params: Any, engine: Any, image: Any) -> None:
+    import numpy as np
+    from PIL import Image
+
+    if params.model_hash and engine.loaded.model_hash and params.model_hash != engine.loaded.model_hash:
+        typer.secho(f"warning: {source} was made with model hash {params.model_hash}; this model's "
+                    f"hash is {engine.loaded.model_hash}, so the image will differ", err=True,
+                    fg=typer.colors.YELLOW)
+    with Image.open(source) as original:
+        same = original.mode == image.mode and np.array_equal(np.asarray(original), np.asarray(image))
+    typer.echo(f"pixel-identical to {source}: {'yes' if same else 'no'}")
+
+
+def _load(engine: Any, request: Any, source: Path | None) -> None:
+    """Load the model first (errors before any progress bar); for --from, say what to pass."""
+    from synthex.models.registry import LoraError, ModelNotFoundError
+
+    try:
+        engine.load(request.model, request.loras, request.device, request.dtype)
+    except ModelNotFoundError as exc:
+        if source is None:
+            raise
+        raise ModelNotFoundError(f"{exc}\n{source} was made with model {request.model!r}; pass "
+                                 "--model FOLDER to re-generate it with that model's files") from exc
+    except LoraError as exc:
+        if source is None:
+            raise
+        raise LoraError(f"{exc}\n{source} names LoRA(s) {[name for name, _ in request.loras]}; "
+                        "pass their files again with --lora PATH:SCALE") from exc
+
+
+@app.command("generate")
+def generate_command(
+    prompt: str = typer.Argument(None, help="Clinical description; A1111 weighting like (clear:1.5) works."),
+    out: str = typer.Option(None, "--out", "-o", help="OUT.png (OUT_00.png... when --n > 1) or DIR/."),
+    n: int = typer.Option(None, "--n", "-n", help="Number of images (seeds SEED, SEED+1, ...). [default: 1]"),
+    seed: str = typer.Option(None, "--seed", "-s", help="Seed; -1 or empty = random (reported)."),
+    steps: int = typer.Option(None, "--steps", help="Denoising steps, 1-150. [default: 20]"),
+    guidance: float = typer.Option(None, "--guidance", "--cfg", help="CFG scale (1 = off). [default: 7]"),
+    sampler: str = typer.Option(None, "--sampler", help="e.g. 'DPM++ 2M Karras' (default), Euler a, DDIM, UniPC."),
+    negative: str = typer.Option(None, "--negative", "--negative-prompt", help="Negative prompt."),
+    width: int = typer.Option(None, "--width", help="Multiple of 8; default: the model's native size."),
+    height: int = typer.Option(None, "--height", help="Multiple of 8; default: the model's native size."),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    lora: list[str] = typer.Option(None, "--lora", help=LORA_HELP),
+    source: Path = typer.Option(None, "--from", help="Re-generate from this PNG's parameters."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per forward pass (GPU speed). [default: 1]"),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: automatic)."),
+    dtype: str = typer.Option(None, "--dtype", help="float32, float16, bfloat16 (default: automatic)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
+    allow_download: bool = typer.Option(False, "--allow-download", help="Allow downloading hub models."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Generate one or a few images and save them as PNGs with A1111 parameters."""
+    from synthex.generate.engine import resolve_seeds
+    from synthex.generate.infotext import write_png
+
+    fields = {"n": n, "seed": seed, "steps": steps, "guidance": guidance, "sampler": sampler,
+              "negative_prompt": negative, "width": width, "height": height, "model": model,
+              "loras": _loras(lora), "batch_size": batch_size, "device": device, "dtype": dtype}
+    request, params = _build_request(prompt, source, fields)
+    request.validate()
+    seeds, drawn = resolve_seeds(request.seed, request.n)
+    request.seed = seeds[0]
+    paths = output_files(out, seeds, source)
+    _refuse_existing(paths, overwrite)
+    engine = _engine(allow_download)
+    _load(engine, request, source)
+    bar, callback = _progress(request.steps * request.n, quiet)
+    try:
+        result = engine.generate(request, callback)
+    finally:
+        bar.close()
+    for image, image_params, path in zip(result.images, result.parameters, paths):
+        write_png(image, path, image_params, overwrite=overwrite)
+        typer.echo(f"{path}  seed {image_params.seed}{' (random)' if drawn else ''}")
+    typer.echo(f"{len(paths)} image(s) in {result.timings['total']:.1f} s "
+               f"(model {engine.loaded.spec.name}, {request.steps} steps)")
+    if source is not None and len(paths) == 1:
+        _report_source(source, params, engine, result.images[0])
+
+
+# --------------------------------------------------------------------------------------------
+# info
+# --------------------------------------------------------------------------------------------
+def _print_models() -> None:
+    from synthex.models.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    for name in registry.names():
+        try:
+            spec = registry.resolve(name)
+            ok, where = registry.available(spec)
+        except SynthexError as exc:
+            ok, where, spec = False, str(exc).splitlines()[0], None
+        mark = "ok     " if ok else "missing"
+        default = " (default)" if name == registry.default else ""
+        description = spec.description if spec else ""
+        typer.echo(f"{mark}  {name}{default}: {description}\n         {where}")
+
+
+@app.command("info")
+def info_command(
+    image: Path = typer.Argument(None, help="A PNG written by SynTheX-Ray or AUTOMATIC1111."),
+    as_json: bool = typer.Option(False, "--json", help="Print the parsed parameters as JSON."),
+    models: bool = typer.Option(False, "--models", help="List model presets and whether their files are here."),
+) -> None:
+    """Print the generation parameters stored in a PNG (or list the model presets)."""
+    from dataclasses import asdict
+
+    from synthex.generate.infotext import PARAMETERS_KEY, parse_infotext, read_png_text
+
+    if models:
+        _print_models()
+        return
+    if image is None:
+        raise SynthexError("give an IMAGE.png (or --models)")
+    chunks = read_png_text(image)
+    text = chunks.get(PARAMETERS_KEY)
+    if text is None:
+        raise SynthexError(f"{image} has no '{PARAMETERS_KEY}' text chunk: it was not written by "
+                           "SynTheX-Ray or AUTOMATIC1111, or its metadata was stripped")
+    if as_json:
+        others = {k: v for k, v in chunks.items() if k != PARAMETERS_KEY}
+        typer.echo(json.dumps({"parameters": asdict(parse_infotext(text)), "text": others},
+                              indent=2, ensure_ascii=False))
+        return
+    typer.echo(text)
+    for key, value in chunks.items():
+        if key not in (PARAMETERS_KEY, "Description"):
+            typer.echo(f"{key}: {value}")
+
+
+# --------------------------------------------------------------------------------------------
+# synthesize
+# --------------------------------------------------------------------------------------------
+@app.command("synthesize")
+def synthesize_command(
+    prompts: Path = typer.Option(..., "--prompts", "-p", help="CSV or JSONL with a 'prompt' or 'text' column."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output imagefolder."),
+    per_prompt: int = typer.Option(None, "--per-prompt", help="Images per row (default: the 'count' column, else 1)."),
+    counts_column: str = typer.Option(None, "--counts-column", help="Column holding images per row."),
+    per_class: int = typer.Option(None, "--per-class", help="Images per value of --class-column."),
+    class_column: str = typer.Option(None, "--class-column", help="Finding-class column for --per-class."),
+    model: str = typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
+    lora: list[str] = typer.Option(None, "--lora", help=LORA_HELP),
+    steps: int = typer.Option(20, "--steps"),
+    guidance: float = typer.Option(7.0, "--guidance", "--cfg"),
+    sampler: str = typer.Option("DPM++ 2M Karras", "--sampler"),
+    negative: str = typer.Option("", "--negative", help="Negative prompt for rows without one."),
+    width: int = typer.Option(None, "--width"),
+    height: int = typer.Option(None, "--height"),
+    seed: str = typer.Option("0", "--seed", help="Base seed: image j gets seed+j (-1: random, kept on resume)."),
+    max_images: int = typer.Option(None, "--max-images", help="Stop after this many new images per process."),
+    device: str = typer.Option(None, "--device"),
+    dtype: str = typer.Option(None, "--dtype"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start again, deleting a previous run in --out."),
+    allow_download: bool = typer.Option(False, "--allow-download"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Build a synthetic imagefolder from a prompts file; resumable, multi-process with accelerate."""
+    from synthex.generate.batch import SynthesizeOptions, synthesize
+
+    options = SynthesizeOptions(
+        prompts_file=prompts, out=out, per_prompt=per_prompt, counts_column=counts_column,
+        per_class=per_class, class_column=class_column, model=model, loras=_loras(lora) or [],
+        steps=steps, guidance=guidance, sampler=sampler, negative_prompt=negative, width=width,
+        height=height, seed=seed, device=device, dtype=dtype, max_images=max_images,
+        overwrite=overwrite, progress=not quiet)
+    result = synthesize(options, _engine(allow_download))
+    if result.metadata_csv is None:  # not the main process
+        return
+    state = "complete" if result.complete else "incomplete: run the same command again to resume"
+    who = "now" if result.processes == 1 else f"now by process 0 of {result.processes}"
+    typer.echo(f"{result.done} of {result.total} images in {result.out} ({result.generated} made "
+               f"{who}; {state})\nmetadata: {result.metadata_csv}, {result.metadata_jsonl}")
+
+
+# --------------------------------------------------------------------------------------------
+# compare
+# --------------------------------------------------------------------------------------------
+@app.command("compare")
+def compare_command(
+    prompt_a: str = typer.Argument(..., help="First prompt (image A)."),
+    prompt_b: str = typer.Argument(..., help="Second prompt (image B)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Figure FIG.png (FIG.npz, FIG_a.png, FIG_b.png beside it)."),
+    seed: str = typer.Option(None, "--seed", "-s", help="Shared seed; -1 or empty = random (reported)."),
+    steps: int = typer.Option(20, "--steps"),
+    guidance: float = typer.Option(7.0, "--guidance", "--cfg"),
+    sampler: str = typer.Option("DPM++ 2M Karras", "--sampler"),
+    negative: str = typer.Option("", "--negative"),
+    width: int = typer.Option(None, "--width"),
+    height: int = typer.Option(None, "--height"),
+    model: str = typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
+    lora: list[str] = typer.Option(None, "--lora", help=LORA_HELP),
+    device: str = typer.Option(None, "--device"),
+    dtype: str = typer.Option(None, "--dtype"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    allow_download: bool = typer.Option(False, "--allow-download"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Both prompts at the same seed plus their |A-B| heat map (thesis Fig. 4.4)."""
+    from synthex.generate.compare import compare_prompts
+    from synthex.generate.engine import GenerationRequest
+
+    base = GenerationRequest(prompt_a, negative_prompt=negative, steps=steps, guidance=guidance,
+                             sampler=sampler, width=width, height=height, model=model,
+                             loras=_loras(lora) or [], device=device, dtype=dtype)
+    bar, callback = _progress(2 * steps, quiet)
+    try:
+        result = compare_prompts(prompt_a, prompt_b, out, base=base, seed=seed,
+                                 engine=_engine(allow_download), overwrite=overwrite, callback=callback)
+    finally:
+        bar.close()
+    typer.echo(f"{result.figure}\n{result.arrays}\n{result.images[0]}\n{result.images[1]}")
+    typer.echo(f"seed {result.seed}; mean |A-B| {result.diff.mean():.4f}, max {result.diff.max():.4f}")
+
+
+# --------------------------------------------------------------------------------------------
+# Wiring
+# --------------------------------------------------------------------------------------------
+COMMANDS = {"generate": generate_command, "info": info_command, "synthesize": synthesize_command,
+            "compare": compare_command}
+
+
+def register(root_app: typer.Typer) -> None:
+    """Add ``generate``, ``info``, ``synthesize`` and ``compare`` to the root ``synthex`` app."""
+    for name, function in COMMANDS.items():
+        root_app.command(name)(function)
+
+
+@app.callback()
+def _callback(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    """``python -m synthex.cli.generate ...`` (used under ``accelerate launch``)."""
+    try:
+        app()
+    except SynthexError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
