@@ -1,0 +1,851 @@
+"""Train the embedded model from scratch: ``synthex train base``.
+
+One call runs five stages into one run folder; each stage is skipped when already done, and an
+interrupted stage resumes from its last checkpoint with nothing lost:
+
+1. ``data``      read the imagefolder once (uint8 tensors cached in ``cache/``; rejects listed
+                 in ``rejects.csv``);
+2. ``tokenizer`` train a CLIP-style BPE on the training captions (``tokenizer/``);
+3. ``vae``       train the 1-channel AutoencoderKL (L1 + L2 + edge + small KL);
+4. ``latents``   encode every training image ONCE (posterior mean and std in
+                 ``cache/latents.safetensors``) and set the VAE's ``scaling_factor`` to 1/std;
+5. ``unet``      train the UNet and the text encoder jointly on the cached latents (epsilon or
+                 v MSE, min-SNR weighting, 10% empty captions for classifier-free guidance,
+                 AdamW, warm-up + cosine LR, EMA), validation grids at fixed seeds;
+6. ``export``    ``pipeline/``: a diffusers ``StableDiffusionPipeline`` folder (safetensors).
+
+Exact resume: the batch of step ``k`` and all of its noise come from generators seeded by
+``(seed, stage, k)`` and the LR is a function of ``k``, so a checkpoint needs only weights,
+EMA weights and the optimizer state (all safetensors; nothing is pickled). The CSV log is cut
+back to the checkpoint's step on resume, so it has every step once.
+
+Run folder::
+
+    config.yaml  state.json  training_log.csv  rejects.csv
+    cache/{images.safetensors, captions.json, latents.safetensors}
+    tokenizer/  vae/  checkpoints/{vae,unet}/step_0000200/  samples/*.png  pipeline/
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from synthex.errors import OutputExistsError, SynthexError
+from synthex.models.embedded import EmbeddedArch
+from synthex.train.data import Reject
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "embedded_base.yaml"
+STAGES = ("data", "tokenizer", "vae", "latents", "unet", "export")
+LOG_COLUMNS = ("step", "stage", "loss", "lr", "seconds", "images_per_s")
+# Keys that may change between an interrupted run and its resume (they do not change the weights).
+RUNTIME_KEYS = {"data_workers", "keep_checkpoints", "vae.checkpoint_every", "unet.checkpoint_every",
+                "unet.validate_every"}
+RUNTIME_PREFIXES = ("validation.",)
+
+
+# =============================================================================================
+# 1. Configuration
+# =============================================================================================
+@dataclass
+class VaeStage:
+    max_steps: int = 1200
+    batch_size: int = 8
+    lr: float = 5e-4
+    warmup_steps: int = 50
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    l1_weight: float = 1.0
+    l2_weight: float = 1.0
+    edge_weight: float = 0.5
+    kl_weight: float = 1e-5
+    checkpoint_every: int = 200
+
+
+@dataclass
+class UnetStage:
+    max_steps: int = 2400
+    batch_size: int = 32
+    lr: float = 5e-4
+    text_lr: float | None = None
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    caption_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    noise_offset: float = 0.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 200
+    validate_every: int = 0
+
+
+@dataclass
+class ValidationSpec:
+    prompts: list[str] = field(default_factory=lambda: [
+        "Chest x-ray. Normal. The heart size is normal. The lungs are clear.",
+        "Chest x-ray. Cardiomegaly. The heart is enlarged. No pleural effusion.",
+        "Chest x-ray. Opacity lung base right. Right basilar airspace opacity.",
+        "Chest x-ray. Pleural Effusion left. Moderate left pleural effusion.",
+    ])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    steps: int = 20
+    guidance_scale: float = 4.0
+
+
+@dataclass
+class ScratchConfig:
+    """Everything that defines a ``train base`` run (saved as the run's ``config.yaml``)."""
+
+    resolution: int = 128
+    seed: int = 42
+    split: str | None = "train"
+    text_column: str = "text"
+    vocab_size: int = 3000
+    arch: EmbeddedArch = field(default_factory=EmbeddedArch)
+    vae: VaeStage = field(default_factory=VaeStage)
+    unet: UnetStage = field(default_factory=UnetStage)
+    validation: ValidationSpec = field(default_factory=ValidationSpec)
+    save_dtype: str = "float32"
+    keep_checkpoints: int = 2
+    data_workers: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["arch"] = self.arch.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ScratchConfig":
+        values = dict(values or {})
+        _check_keys(values, cls, "")
+        sections = {"vae": VaeStage, "unet": UnetStage, "validation": ValidationSpec}
+        for key, kind in sections.items():
+            _check_keys(values.get(key) or {}, kind, key + ".")
+            values[key] = kind(**(values.get(key) or {}))
+        values["arch"] = EmbeddedArch.from_dict(values.get("arch"))
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.save_dtype not in ("float32", "float16", "bfloat16"):
+            raise SynthexError(f"save_dtype {self.save_dtype!r} must be float32, float16 or bfloat16")
+        for name, stage in (("vae", self.vae), ("unet", self.unet)):
+            if stage.max_steps < 1 or stage.batch_size < 1:
+                raise SynthexError(f"{name}.max_steps and {name}.batch_size must be >= 1")
+            if stage.schedule not in ("cosine", "constant"):
+                raise SynthexError(f"{name}.schedule {stage.schedule!r} must be 'cosine' or 'constant'")
+        if not 0.0 <= self.unet.caption_dropout < 1.0:
+            raise SynthexError(f"unet.caption_dropout {self.unet.caption_dropout} must be in [0, 1)")
+        if self.vocab_size < 600:
+            raise SynthexError(f"vocab_size {self.vocab_size} must be >= 600 (512 byte symbols + merges)")
+
+
+def _check_keys(values: dict, kind, prefix: str) -> None:
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(kind)})
+    if unknown:
+        raise SynthexError(f"unknown config key(s) {[prefix + k for k in unknown]}; known: "
+                           f"{sorted(prefix + f.name for f in dataclasses.fields(kind))}")
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> ScratchConfig:
+    """Read a YAML config (default: the packaged ``embedded_base.yaml``) and apply overrides.
+
+    ``overrides`` maps dotted keys to values, e.g. ``{"vae.max_steps": 10, "resolution": 64}``;
+    None values are ignored (unset CLI options).
+    """
+    import yaml
+
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise SynthexError(f"config file {path} does not exist")
+    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(values, dict):
+        raise SynthexError(f"config file {path} must hold a mapping, not {type(values).__name__}")
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        *parents, leaf = key.split(".")
+        node = values
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return ScratchConfig.from_dict(values)
+
+
+def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """``"key: old -> new"`` for every result-changing key that differs."""
+    a, b = _flatten(old), _flatten(new)
+    keys = sorted(k for k in set(a) | set(b) if k not in RUNTIME_KEYS and not k.startswith(RUNTIME_PREFIXES))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+# =============================================================================================
+# 2. Small pure helpers: seeds, batches, LR, caption dropout, losses
+# =============================================================================================
+def derived_seed(seed: int, *parts: Any) -> int:
+    """A 63-bit seed that depends only on ``seed`` and ``parts`` (stable across runs)."""
+    digest = hashlib.sha256(":".join(map(str, (seed, *parts))).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def step_generator(seed: int, stage: str, step: int):
+    """The generator of all the noise of one training step."""
+    import torch
+
+    return torch.Generator().manual_seed(derived_seed(seed, stage, "step", step))
+
+
+class BatchOrder:
+    """Epoch-wise shuffles: the batch of step ``k`` is a function of ``(seed, stage, k)``."""
+
+    def __init__(self, seed: int, stage: str, n_items: int, batch_size: int):
+        self.seed, self.stage, self.n, self.batch_size = seed, stage, n_items, batch_size
+        self._perms: dict[int, Any] = {}
+
+    def _perm(self, epoch: int):
+        import torch
+
+        if epoch not in self._perms:
+            gen = torch.Generator().manual_seed(derived_seed(self.seed, self.stage, "epoch", epoch))
+            self._perms = {epoch: torch.randperm(self.n, generator=gen)}
+        return self._perms[epoch]
+
+    def indices(self, step: int):
+        """Row indices of 1-based training step ``step``."""
+        import torch
+
+        first = (step - 1) * self.batch_size
+        positions = range(first, first + self.batch_size)
+        return torch.stack([self._perm(p // self.n)[p % self.n] for p in positions])
+
+
+def lr_factor(step: int, max_steps: int, warmup: int, schedule: str, min_ratio: float) -> float:
+    """Linear warm-up to 1, then constant or cosine decay to ``min_ratio`` at ``max_steps``."""
+    if warmup > 0 and step <= warmup:
+        return step / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, max_steps - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def caption_dropout_mask(n: int, p: float, generator):
+    """Boolean mask: True where a caption is replaced by the empty caption (probability p)."""
+    import torch
+
+    return torch.rand(n, generator=generator) < p
+
+
+def drop_captions(captions: list[str], p: float, generator) -> list[str]:
+    """Captions with each one emptied with probability ``p`` (for classifier-free guidance)."""
+    mask = caption_dropout_mask(len(captions), p, generator)
+    return ["" if m else c for c, m in zip(captions, mask.tolist())]
+
+
+def min_snr_weights(scheduler, timesteps, gamma: float, prediction_type: str):
+    """Min-SNR-gamma loss weights (Hang et al. 2023); all ones when ``gamma <= 0``."""
+    import torch
+
+    if gamma <= 0:
+        return torch.ones(len(timesteps))
+    alpha_bar = scheduler.alphas_cumprod[timesteps]
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = snr.clamp(max=gamma)
+    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
+
+
+def edge_l1(a, b):
+    """L1 distance between the horizontal and vertical finite differences of two images."""
+    dx = (a[..., :, 1:] - a[..., :, :-1]) - (b[..., :, 1:] - b[..., :, :-1])
+    dy = (a[..., 1:, :] - a[..., :-1, :]) - (b[..., 1:, :] - b[..., :-1, :])
+    return dx.abs().mean() + dy.abs().mean()
+
+
+# =============================================================================================
+# 3. Files: atomic writes, safetensors state, optimizer state, the CSV log
+# =============================================================================================
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _save_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def _load_module(module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    module.load_state_dict(load_file(str(path)), strict=True)
+
+
+def save_optimizer(optimizer, path: Path) -> None:
+    """AdamW state as safetensors: tensors ``state.{param}.{key}``, param groups as JSON."""
+    import torch
+
+    sd = optimizer.state_dict()
+    tensors = {f"state.{idx}.{key}": (v if torch.is_tensor(v) else torch.tensor(v))
+               for idx, st in sd["state"].items() for key, v in st.items()}
+    _save_tensors(tensors, path, {"param_groups": json.dumps(sd["param_groups"])})
+
+
+def load_optimizer(optimizer, path: Path) -> None:
+    """Inverse of :func:`save_optimizer` (reads tensors and JSON only; nothing is unpickled)."""
+    from safetensors import safe_open
+
+    state: dict[int, dict] = {}
+    with safe_open(str(path), framework="pt") as fh:
+        groups = json.loads(fh.metadata()["param_groups"])
+        for name in fh.keys():
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = fh.get_tensor(name)
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+class TrainingLog:
+    """``training_log.csv``: one row per step and stage, appended and flushed as it goes."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            _write_text(self.path, ",".join(LOG_COLUMNS) + "\n")
+
+    def rows(self) -> list[dict[str, str]]:
+        with self.path.open(newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+
+    def truncate(self, stage: str, last_step: int) -> None:
+        """Drop this stage's rows after ``last_step`` (steps redone after a resume)."""
+        keep = [r for r in self.rows() if not (r["stage"] == stage and int(r["step"]) > last_step)]
+        lines = [",".join(LOG_COLUMNS)] + [",".join(r[c] for c in LOG_COLUMNS) for r in keep]
+        _write_text(self.path, "\n".join(lines) + "\n")
+
+    def append(self, step: int, stage: str, loss: float, lr: float, seconds: float, n_images: int) -> None:
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(f"{step},{stage},{loss:.6g},{lr:.6g},{seconds:.4f},{n_images / max(seconds, 1e-9):.2f}\n")
+
+
+# =============================================================================================
+# 4. The generic training loop (checkpoints, resume, EMA, LR, log, progress)
+# =============================================================================================
+@dataclass
+class StepEvent:
+    """What the per-step callback receives (progress bars, UIs)."""
+
+    stage: str
+    step: int
+    max_steps: int
+    loss: float
+    lr: float
+
+
+@dataclass
+class RunContext:
+    run_dir: Path
+    seed: int
+    log: TrainingLog
+    keep_checkpoints: int = 2
+    progress: bool = True
+    callback: Callable[[StepEvent], None] | None = None
+
+
+@dataclass
+class LoopSpec:
+    """One stage's loop: which modules train, the loss of a batch, the optimizer settings."""
+
+    stage: str
+    modules: dict[str, Any]
+    param_groups: list[dict]
+    loss_fn: Callable[[Any, Any], Any]  # (indices, generator) -> scalar loss tensor
+    n_items: int
+    settings: VaeStage | UnetStage
+    ema_decay: float = 0.0
+    on_step_end: Callable[[int, dict], None] | None = None  # (step, eval modules)
+
+
+class Ema:
+    """Exponential moving average copies of modules (decay warms up as (1+k)/(10+k))."""
+
+    def __init__(self, modules: dict[str, Any], decay: float):
+        self.decay = decay
+        self.modules = {n: copy.deepcopy(m).eval().requires_grad_(False) for n, m in modules.items()}
+
+    def update(self, modules: dict[str, Any], step: int) -> None:
+        import torch
+
+        decay = min(self.decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for name, module in modules.items():
+                for e, p in zip(self.modules[name].parameters(), module.parameters()):
+                    e.lerp_(p, 1 - decay)
+                for e, b in zip(self.modules[name].buffers(), module.buffers()):
+                    e.copy_(b)
+
+
+def _checkpoint_dirs(folder: Path) -> list[Path]:
+    done = [p for p in folder.glob("step_*") if (p / "state.json").is_file()] if folder.is_dir() else []
+    return sorted(done, key=lambda p: int(p.name.split("_")[1]))
+
+
+def save_checkpoint(folder: Path, step: int, spec: LoopSpec, optimizer, ema: Ema | None, keep: int) -> Path:
+    """Write ``folder/step_XXXXXXX`` atomically (temp folder, then rename); keep the last ``keep``."""
+    final, tmp = folder / f"step_{step:07d}", folder / f".tmp_step_{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, module in spec.modules.items():
+        _save_tensors(module.state_dict(), tmp / f"{name}.safetensors")
+    for name, module in (ema.modules.items() if ema else []):
+        _save_tensors(module.state_dict(), tmp / f"ema_{name}.safetensors")
+    save_optimizer(optimizer, tmp / "optimizer.safetensors")
+    (tmp / "state.json").write_text(json.dumps({"stage": spec.stage, "step": step}), encoding="utf-8")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in _checkpoint_dirs(folder)[: -max(1, keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def restore_checkpoint(folder: Path, spec: LoopSpec, optimizer, ema: Ema | None) -> int:
+    """Load the newest complete checkpoint of ``folder``; returns its step (0 when none)."""
+    found = _checkpoint_dirs(folder)
+    if not found:
+        return 0
+    latest = found[-1]
+    for name, module in spec.modules.items():
+        _load_module(module, latest / f"{name}.safetensors")
+    for name, module in (ema.modules.items() if ema else []):
+        _load_module(module, latest / f"ema_{name}.safetensors")
+    load_optimizer(optimizer, latest / "optimizer.safetensors")
+    step = json.loads((latest / "state.json").read_text(encoding="utf-8"))["step"]
+    logger.info("%s: resumed from %s", spec.stage, latest)
+    return int(step)
+
+
+def run_loop(spec: LoopSpec, ctx: RunContext) -> dict[str, Any]:
+    """Train ``spec`` to ``settings.max_steps`` from its last checkpoint; returns eval modules
+    (the EMA copies when EMA is on)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    s = spec.settings
+    optimizer = torch.optim.AdamW(spec.param_groups, lr=s.lr, weight_decay=s.weight_decay)
+    ema = Ema(spec.modules, spec.ema_decay) if spec.ema_decay > 0 else None
+    folder = ctx.run_dir / "checkpoints" / spec.stage
+    start = restore_checkpoint(folder, spec, optimizer, ema)
+    ctx.log.truncate(spec.stage, start)
+    order = BatchOrder(ctx.seed, spec.stage, spec.n_items, s.batch_size)
+    params = [p for g in spec.param_groups for p in g["params"]]
+    for m in spec.modules.values():
+        m.train()
+    bar = tqdm(total=s.max_steps, initial=start, desc=spec.stage, unit="step", disable=not ctx.progress)
+    for step in range(start + 1, s.max_steps + 1):
+        t0 = time.perf_counter()
+        factor = lr_factor(step, s.max_steps, s.warmup_steps, s.schedule, s.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        loss = spec.loss_fn(order.indices(step), step_generator(ctx.seed, spec.stage, step))
+        if not torch.isfinite(loss):
+            raise SynthexError(f"{spec.stage}: loss is {loss.item()} at step {step}; lower the "
+                               f"learning rate ({s.lr}) or resume from the last checkpoint")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if s.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.update(spec.modules, step)
+        seconds, lr = time.perf_counter() - t0, s.lr * factor
+        ctx.log.append(step, spec.stage, loss.item(), lr, seconds, s.batch_size)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+        if ctx.callback is not None:
+            ctx.callback(StepEvent(spec.stage, step, s.max_steps, loss.item(), lr))
+        if step % s.checkpoint_every == 0 or step == s.max_steps:
+            save_checkpoint(folder, step, spec, optimizer, ema, ctx.keep_checkpoints)
+        if spec.on_step_end is not None:
+            spec.on_step_end(step, ema.modules if ema else spec.modules)
+    bar.close()
+    evaluated = ema.modules if ema else spec.modules
+    for m in evaluated.values():
+        m.eval()
+    return evaluated
+
+
+# =============================================================================================
+# 5. The stages
+# =============================================================================================
+@dataclass
+class TrainResult:
+    """What ``train_base`` made."""
+
+    run_dir: Path
+    pipeline_dir: Path
+    parameters: dict[str, int]
+    size_mb: float
+    n_images: int
+    rejects: list[Reject]
+    validation_grid: Path
+    scaling_factor: float
+
+
+class _Run:
+    """State shared by the stages of one run (paths, config, the components being built)."""
+
+    def __init__(self, data_dir: Path, run_dir: Path, cfg: ScratchConfig, ctx: RunContext):
+        import torch
+
+        from synthex.models.embedded import embedded_configs
+
+        self.data_dir, self.dir, self.cfg, self.ctx = Path(data_dir), Path(run_dir), cfg, ctx
+        self.configs = embedded_configs(cfg.resolution, cfg.arch)
+        self.state = json.loads((self.dir / "state.json").read_text()) if (self.dir / "state.json").exists() else {}
+        self.state.setdefault("done", [])
+        self.torch = torch
+        self.data = self.tokenizer = self.components = self.latents = None
+
+    def done(self, stage: str) -> bool:
+        return stage in self.state["done"]
+
+    def mark_done(self, stage: str, **info: Any) -> None:
+        self.state["done"].append(stage)
+        self.state.update(info)
+        _write_text(self.dir / "state.json", json.dumps(self.state, indent=1))
+
+    def build(self) -> dict[str, Any]:
+        """Freshly initialised components (same init every time: seeded by the run's seed)."""
+        from synthex.models.embedded import build_components
+
+        gen = self.torch.Generator().manual_seed(derived_seed(self.cfg.seed, "init"))
+        return build_components(self.configs, self.tokenizer, gen)
+
+
+def stage_data(run: _Run) -> None:
+    """Read the imagefolder once; cache uint8 images and captions in the run folder."""
+    from synthex.train.data import ImageTextData, load_imagefolder, save_rejects
+
+    cache = run.dir / "cache"
+    if run.done("data"):
+        from safetensors.torch import load_file
+
+        images = load_file(str(cache / "images.safetensors"))["images"]
+        meta = json.loads((cache / "captions.json").read_text(encoding="utf-8"))
+        run.data = ImageTextData(images, meta["captions"], meta["file_names"],
+                                 [Reject(**r) for r in meta["rejects"]])
+        return
+    cfg = run.cfg
+    data = load_imagefolder(run.data_dir, cfg.resolution, split=cfg.split, text_column=cfg.text_column,
+                            workers=cfg.data_workers, progress=run.ctx.progress)
+    cache.mkdir(parents=True, exist_ok=True)
+    save_rejects(data.rejects, run.dir / "rejects.csv")
+    _save_tensors({"images": data.images}, cache / "images.safetensors")
+    meta = {"captions": data.captions, "file_names": data.file_names,
+            "rejects": [dataclasses.asdict(r) for r in data.rejects]}
+    _write_text(cache / "captions.json", json.dumps(meta))
+    run.data = data
+    run.mark_done("data", n_images=len(data), n_rejects=len(data.rejects))
+    logger.info("data: %d images (%d rejected rows listed in rejects.csv)", len(data), len(data.rejects))
+
+
+def stage_tokenizer(run: _Run) -> None:
+    from synthex.models.embedded import load_tokenizer, save_tokenizer, train_tokenizer
+
+    folder = run.dir / "tokenizer"
+    if not run.done("tokenizer"):
+        tok = train_tokenizer(run.data.captions, run.cfg.vocab_size)
+        shutil.rmtree(folder, ignore_errors=True)
+        save_tokenizer(tok, folder)
+        run.mark_done("tokenizer", vocab_size=len(tok))
+        logger.info("tokenizer: %d tokens", len(tok))
+    run.tokenizer = load_tokenizer(folder)
+    run.components = run.build()
+
+
+def stage_vae(run: _Run) -> None:
+    """Train the VAE (skipped when done); leaves the trained VAE in ``run.components``."""
+    vae, folder = run.components["vae"], run.dir / "vae"
+    if run.done("vae"):
+        _load_module(vae, folder / "vae.safetensors")
+        vae.eval()
+        return
+    s, data = run.cfg.vae, run.data
+
+    def loss_fn(indices, gen):
+        x = data.pixels(indices)
+        posterior = vae.encode(x).latent_dist
+        rec = vae.decode(posterior.sample(generator=gen)).sample
+        loss = s.l1_weight * (rec - x).abs().mean() + s.l2_weight * (rec - x).pow(2).mean()
+        if s.edge_weight:
+            loss = loss + s.edge_weight * edge_l1(rec, x)
+        return loss + s.kl_weight * posterior.kl().mean() / x[0].numel()
+
+    spec = LoopSpec("vae", {"vae": vae}, [{"params": list(vae.parameters()), "base_lr": s.lr}],
+                    loss_fn, len(data), s)
+    run_loop(spec, run.ctx)
+    vae.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    _save_tensors(vae.state_dict(), folder / "vae.safetensors")
+    _save_reconstructions(run, vae)
+    run.mark_done("vae")
+
+
+def _save_reconstructions(run: _Run, vae) -> None:
+    """``samples/vae_reconstructions.png``: originals (top) over reconstructions (bottom)."""
+    torch = run.torch
+    idx = torch.arange(min(8, len(run.data)))
+    with torch.no_grad():
+        x = run.data.pixels(idx)
+        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    row = torch.cat([x, rec.clamp(-1, 1)], dim=2)  # stack vertically
+    strip = torch.cat(list(row), dim=2)[0]
+    from PIL import Image
+
+    arr = ((strip + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    _save_image(Image.fromarray(arr, mode="L"), run.dir / "samples" / "vae_reconstructions.png")
+
+
+def _save_image(image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".tmp_" + path.name)
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def stage_latents(run: _Run, batch_size: int = 64) -> None:
+    """Encode every training image once; set the VAE scaling factor to 1 / latent std."""
+    torch = run.torch
+    path = run.dir / "cache" / "latents.safetensors"
+    vae = run.components["vae"]
+    if not run.done("latents"):
+        means, stds = [], []
+        with torch.no_grad():
+            for start in range(0, len(run.data), batch_size):
+                posterior = vae.encode(run.data.pixels(torch.arange(start, min(start + batch_size, len(run.data))))).latent_dist
+                means.append(posterior.mean)
+                stds.append(posterior.std)
+        mean, std = torch.cat(means), torch.cat(stds)
+        gen = torch.Generator().manual_seed(derived_seed(run.cfg.seed, "scaling"))
+        sample = mean + std * torch.randn(mean.shape, generator=gen)
+        scaling = float(1.0 / sample.std())
+        _save_tensors({"mean": mean, "std": std}, path, {"scaling_factor": repr(scaling)})
+        run.mark_done("latents", scaling_factor=scaling)
+        logger.info("latents: %s cached, scaling factor %.4f", tuple(mean.shape), scaling)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        run.latents = {k: fh.get_tensor(k) for k in fh.keys()}
+        vae.register_to_config(scaling_factor=float(fh.metadata()["scaling_factor"]))
+
+
+def stage_unet(run: _Run) -> dict[str, Any]:
+    """Train UNet + text encoder on the cached latents; returns the eval (EMA) modules."""
+    from synthex.models.embedded import tokenize
+
+    torch, s, c = run.torch, run.cfg.unet, run.components
+    unet, text_encoder, scheduler = c["unet"], c["text_encoder"], c["scheduler"]
+    ids_all = tokenize(run.tokenizer, run.data.captions)
+    empty = tokenize(run.tokenizer, [""])[0]
+    scale = run.components["vae"].config.scaling_factor
+    mean, std = run.latents["mean"], run.latents["std"]
+    predict_v = scheduler.config.prediction_type == "v_prediction"
+
+    def loss_fn(indices, gen):
+        latents = (mean[indices] + std[indices] * torch.randn(mean[indices].shape, generator=gen)) * scale
+        noise = torch.randn(latents.shape, generator=gen)
+        if s.noise_offset:
+            noise = noise + s.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(indices),), generator=gen)
+        ids = ids_all[indices].clone()
+        ids[caption_dropout_mask(len(indices), s.caption_dropout, gen)] = empty
+        pred = unet(scheduler.add_noise(latents, noise, t), t, text_encoder(ids)[0]).sample
+        target = scheduler.get_velocity(latents, noise, t) if predict_v else noise
+        per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))
+        return (per_sample * min_snr_weights(scheduler, t, s.min_snr_gamma, scheduler.config.prediction_type)).mean()
+
+    groups = [{"params": list(unet.parameters()), "base_lr": s.lr},
+              {"params": list(text_encoder.parameters()), "base_lr": s.text_lr or s.lr}]
+
+    def on_step_end(step: int, modules: dict) -> None:
+        if s.validate_every and step % s.validate_every == 0 and step != s.max_steps:
+            save_validation_grid(run, modules, run.dir / "samples" / f"validation_step_{step:07d}.png")
+
+    spec = LoopSpec("unet", {"unet": unet, "text_encoder": text_encoder}, groups, loss_fn,
+                    len(run.data), s, ema_decay=s.ema_decay, on_step_end=on_step_end)
+    modules = run_loop(spec, run.ctx)
+    if not run.done("unet"):
+        run.mark_done("unet")
+    return modules
+
+
+def _pipeline(run: _Run, modules: dict):
+    from synthex.models.embedded import build_pipeline
+
+    return build_pipeline({**run.components, **modules})
+
+
+def save_validation_grid(run: _Run, modules: dict, path: Path) -> Path:
+    """Prompts (rows) x seeds (columns) at the validation settings, with DPM++ 2M."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    v = run.cfg.validation
+    pipe = _pipeline(run, modules)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    rows = []
+    with run.torch.no_grad():
+        for prompt in v.prompts:
+            gens = [run.torch.Generator().manual_seed(seed) for seed in v.seeds]
+            rows.append(pipe([prompt] * len(v.seeds), num_inference_steps=v.steps, guidance_scale=v.guidance_scale,
+                             generator=gens, height=run.cfg.resolution, width=run.cfg.resolution).images)
+    _save_image(image_grid(rows, v.prompts), path)
+    return path
+
+
+def image_grid(rows: list[list], labels: list[str] | None = None):
+    """Grid of PIL images (one row per list) with an optional text label above each row."""
+    from PIL import Image, ImageDraw
+
+    w, h = rows[0][0].size
+    label_h = 12 if labels else 0
+    grid = Image.new("L", (w * max(len(r) for r in rows), (h + label_h) * len(rows)), color=0)
+    draw = ImageDraw.Draw(grid)
+    for i, row in enumerate(rows):
+        y = i * (h + label_h)
+        if labels:
+            draw.text((2, y), labels[i][: max(8, grid.width // 6)], fill=255)
+        for j, image in enumerate(row):
+            grid.paste(image.convert("L"), (j * w, y + label_h))
+    return grid
+
+
+def stage_export(run: _Run, modules: dict) -> Path:
+    """Save the final pipeline (EMA weights) as a diffusers folder, atomically."""
+    from synthex.models.embedded import save_tokenizer
+
+    final, tmp = run.dir / "pipeline", run.dir / ".tmp_pipeline"
+    shutil.rmtree(tmp, ignore_errors=True)
+    parts = {"vae": run.components["vae"], **modules}
+    if run.cfg.save_dtype != "float32":
+        # Half-precision UNet/VAE files load as float32 by default in diffusers; transformers
+        # would load a half-precision text encoder as half, so it stays float32 (1.2M params).
+        dtype = getattr(run.torch, run.cfg.save_dtype)
+        parts.update({k: copy.deepcopy(parts[k]).to(dtype) for k in ("vae", "unet")})
+    pipe = _pipeline(run, parts)
+    pipe.save_pretrained(str(tmp), safe_serialization=True)
+    save_tokenizer(run.tokenizer, tmp / "tokenizer")
+    _write_text(tmp / "README.md", _model_card(run))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def _model_card(run: _Run) -> str:
+    from synthex.models.embedded import count_parameters
+
+    params = count_parameters(run.components)
+    cfg = run.cfg
+    return (
+        "# SynTheX-Ray embedded model\n\n"
+        "A small text-to-chest-X-ray latent diffusion model trained from scratch by "
+        "`synthex train base`. Images it makes are SYNTHETIC, for research, not diagnosis.\n\n"
+        f"- resolution: {cfg.resolution} px, grayscale; latents {cfg.resolution // 4}x{cfg.resolution // 4}x"
+        f"{cfg.arch.latent_channels}\n- parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in params.items())
+        + f"\n- training images: {len(run.data)} (rows of split {cfg.split!r} of the dataset with "
+        f"metadata sha256 {run.state.get('data_sha256', '?')[:12]})\n"
+        f"- steps: VAE {cfg.vae.max_steps} x {cfg.vae.batch_size}, UNet+text {cfg.unet.max_steps} x "
+        f"{cfg.unet.batch_size}; seed {cfg.seed}\n- weights: {cfg.save_dtype} safetensors; UNet and "
+        "text encoder are EMA weights\n"
+    )
+
+
+def _folder_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
+# =============================================================================================
+# 6. Entry point
+# =============================================================================================
+def prepare_run_dir(run_dir: Path, cfg: ScratchConfig, data_dir: Path, resume: bool) -> None:
+    """Create the run folder or check that a resume matches it (config and dataset)."""
+    import yaml
+
+    from synthex.train.data import metadata_fingerprint
+
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.yaml"
+    fingerprint = metadata_fingerprint(data_dir) if (Path(data_dir) / "metadata.csv").is_file() else None
+    if saved.exists():
+        if not resume:
+            raise OutputExistsError(f"{run_dir} already holds a training run; pass --resume to continue "
+                                    "it or choose another --out folder")
+        diffs = config_differences(yaml.safe_load(saved.read_text(encoding="utf-8")), cfg.to_dict())
+        if diffs:
+            raise SynthexError(f"cannot resume {run_dir} with a different config ({'; '.join(diffs)}); "
+                               "resume with the same options or start a new --out folder")
+        state = json.loads((run_dir / "state.json").read_text(encoding="utf-8"))
+        if fingerprint and state.get("data_sha256") not in (None, fingerprint):
+            raise SynthexError(f"cannot resume {run_dir}: {data_dir}/metadata.csv differs from the dataset "
+                               "the run started with; use the same dataset or a new --out folder")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise OutputExistsError(f"{run_dir} is not empty and holds no training run; choose an empty --out folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_text(saved, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    _write_text(run_dir / "state.json", json.dumps({"done": [], "data_sha256": fingerprint}, indent=1))
+
+
+def train_base(data_dir: Path, run_dir: Path, config: ScratchConfig | None = None, *, resume: bool = False,
+               progress: bool = True, callback: Callable[[StepEvent], None] | None = None) -> TrainResult:
+    """Train the embedded model from scratch on an imagefolder; see the module docstring."""
+    cfg = config or load_config()
+    cfg.validate()
+    run_dir = Path(run_dir)
+    prepare_run_dir(run_dir, cfg, data_dir, resume)
+    ctx = RunContext(run_dir, cfg.seed, TrainingLog(run_dir / "training_log.csv"), cfg.keep_checkpoints,
+                     progress, callback)
+    run = _Run(data_dir, run_dir, cfg, ctx)
+    stage_data(run)                                     # 1. images + captions, cached once
+    stage_tokenizer(run)                                # 2. BPE vocabulary; builds the components
+    stage_vae(run)                                      # 3. autoencoder
+    stage_latents(run)                                  # 4. latent cache + scaling factor
+    modules = stage_unet(run)                           # 5. UNet + text encoder (EMA)
+    grid = save_validation_grid(run, modules, run_dir / "validation.png")
+    pipeline_dir = stage_export(run, modules)           # 6. diffusers folder
+    if not run.done("export"):
+        run.mark_done("export")
+    size = _folder_mb(pipeline_dir)
+    if size > 50:
+        logger.warning("pipeline folder is %.1f MB (> 50 MB); set save_dtype: float16", size)
+    from synthex.models.embedded import count_parameters
+
+    return TrainResult(run_dir, pipeline_dir, count_parameters(run.components), size, len(run.data),
+                       run.data.rejects, grid, float(run.components["vae"].config.scaling_factor))
