@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+# The shipped classifier: `synthex phantom classifier --out ... --n-train 3000 --n-test 1000 --epochs 6`
+# (its held-out AUROCs are stored in config.json under "metrics").
+DEFAULT_CLASSIFIER_DIR = Path(__file__).resolve().parent.parent / "weights" / "phantom_classifier"
 
 
 @dataclass
@@ -174,11 +177,11 @@ def save_classifier(model: FindingClassifier, folder: str | Path) -> Path:
     return out
 
 
-def load_classifier(folder: str | Path) -> FindingClassifier:
-    """Load a classifier saved by :func:`save_classifier` (safetensors only)."""
+def load_classifier(folder: str | Path | None = None) -> FindingClassifier:
+    """Load a classifier saved by :func:`save_classifier` (safetensors only); None = the shipped one."""
     from safetensors.torch import load_file
 
-    folder = Path(folder)
+    folder = Path(folder) if folder is not None else DEFAULT_CLASSIFIER_DIR
     missing = [n for n in (WEIGHTS_FILE, CONFIG_FILE) if not (folder / n).is_file()]
     if missing:
         raise SynthexError(f"{folder}: missing {', '.join(missing)}; train one with 'synthex phantom classifier'.")
