@@ -15,6 +15,7 @@ from synthex.cli import data as data_cli
 from synthex.cli import generate as generate_cli
 from synthex.cli import phantom as phantom_cli
 from synthex.cli import train as train_cli
+from synthex.cli import ui as ui_cli
 from synthex.errors import SynthexError
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.add_typer(data_cli.app, name="data")
 app.add_typer(phantom_cli.app, name="phantom")
 app.add_typer(train_cli.app, name="train")
 generate_cli.register(app)
+ui_cli.register(app)
 
 
 @app.callback()

@@ -1,0 +1,350 @@
+"""Pure helpers of the web app (no Streamlit, no model logic): widget values -> engine request,
+seed and path checks with the messages the page shows, templates, the structured prompt builder,
+PNG bytes with metadata, and session history records.
+
+Every check returns a list of messages (empty when fine) so the page can show them all at once
+and keep running.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from synthex.errors import SynthexError
+
+SUFFIX = "Chest x-ray."
+BANNER = "Synthetic images for research, not diagnosis."
+CUSTOM_TEMPLATE = "Custom"
+CUSTOM_MODEL = "Custom path..."
+MODEL_ENV = "SYNTHEX_UI_MODEL"
+MAX_PROMPT_CHARS = 3000
+MAX_BATCH = 8
+HISTORY_LIMIT = 50
+STEPS_RANGE = (10, 50, 30)  # min, max, default (thesis)
+GUIDANCE_RANGE = (1.0, 15.0, 7.5)
+LORA_RANGE = (0.0, 1.0, 0.8)
+DEFAULT_SEED = "42"
+NATIVE_SIZE = "Model's native size"
+SIZES = (NATIVE_SIZE, "64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024")
+SIDES = ("", "right", "left", "bilateral")
+SEVERITIES = ("", "mild", "moderate", "severe")
+
+
+# --------------------------------------------------------------------------------------------
+# Prompts and templates
+# --------------------------------------------------------------------------------------------
+def ensure_suffix(prompt: str) -> str:
+    """``prompt`` with "Chest x-ray." appended when it does not mention a chest x-ray yet."""
+    text = prompt.strip()
+    if not text or "chest x-ray" in text.lower():
+        return text
+    if text[-1] not in ".!?":
+        text += "."
+    return f"{text} {SUFFIX}"
+
+
+@lru_cache(maxsize=1)
+def templates() -> dict[str, str]:
+    """Template name -> clinical description, "Custom" (empty) first."""
+    import yaml
+
+    text = resources.files("synthex.config").joinpath("ui_templates.yaml").read_text(encoding="utf-8")
+    data = yaml.safe_load(text) or {}
+    found = {str(k): " ".join(str(v).split()) for k, v in (data.get("templates") or {}).items()}
+    return {CUSTOM_TEMPLATE: "", **found}
+
+
+_LRB = ("right", "left", "bilateral")
+# Finding -> (MeSH-like caption heading, sentence noun, sides allowed)
+FINDINGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "Cardiomegaly": ("Cardiomegaly", "cardiomegaly", ()),
+    "Lung opacity": ("Opacity lung base", "airspace opacity", _LRB),
+    "Pleural effusion": ("Pleural Effusion", "pleural effusion", _LRB),
+    "Pneumothorax": ("Pneumothorax", "pneumothorax", _LRB),
+    "Atelectasis": ("Pulmonary Atelectasis lung base", "basilar atelectasis", _LRB),
+    "Consolidation": ("Consolidation lung lower lobe", "lower lobe consolidation", _LRB),
+    "Pneumonia": ("Pneumonia lung lower lobe", "pneumonia", _LRB),
+    "Pulmonary edema": ("Pulmonary Edema", "pulmonary edema", ("bilateral",)),
+    "Emphysema": ("Emphysema", "hyperinflated lungs", ()),
+    "Nodule": ("Nodule lung upper lobe", "pulmonary nodule", ("right", "left")),
+    "Mass": ("Mass lung upper lobe", "lung mass", ("right", "left")),
+    "Calcified granuloma": ("Calcified Granuloma", "calcified granuloma", ("right", "left")),
+    "Scoliosis": ("Spine curved", "thoracic scoliosis", ()),
+    "Pacemaker": ("Pacemaker", "cardiac pacemaker", ("left", "right")),
+}
+
+
+def build_structured_prompt(findings: Sequence[str], side: str = "", severity: str = "") -> str:
+    """Findings + side + severity -> a caption in the training format, e.g.
+    ``"Chest x-ray. Pleural Effusion left. Moderate left pleural effusion."``. No findings ->
+    the normal caption. A side a finding cannot have (e.g. left cardiomegaly) is left out."""
+    unknown = [f for f in findings if f not in FINDINGS]
+    if unknown:
+        raise SynthexError(f"unknown finding(s) {unknown}; choose from {list(FINDINGS)}")
+    if side not in SIDES or severity not in SEVERITIES:
+        raise SynthexError(f"side must be one of {SIDES[1:]} and severity one of {SEVERITIES[1:]}")
+    if not findings:
+        return f"{SUFFIX} Normal. The heart size is normal. The lungs are clear."
+    headings, sentences = [], []
+    for name in findings:
+        heading, noun, sides = FINDINGS[name]
+        where = side if side in sides else (sides[0] if len(sides) == 1 else "")
+        headings.append(" ".join(w for w in (heading, where) if w) + ".")
+        words = " ".join(w for w in (severity, where, noun) if w)
+        sentences.append(words[0].upper() + words[1:] + ".")
+    return " ".join([SUFFIX, *headings, *sentences])
+
+
+def check_prompt(prompt: str, label: str = "Prompt") -> list[str]:
+    """Messages for an empty or too long prompt."""
+    if not prompt or not prompt.strip():
+        return [f"{label} is empty: describe the chest X-ray to generate (or pick a template)."]
+    if len(prompt) > MAX_PROMPT_CHARS:
+        return [f"{label} is {len(prompt):,} characters long; the limit is {MAX_PROMPT_CHARS:,}. "
+                "Shorten it (the model reads about 75 words per chunk)."]
+    return []
+
+
+# --------------------------------------------------------------------------------------------
+# Seeds, sizes, paths
+# --------------------------------------------------------------------------------------------
+def parse_seed_text(text: str | None) -> tuple[int | None, list[str]]:
+    """``(seed or None for random, messages)``: empty/-1 = random, else a whole number."""
+    from synthex.generate.engine import parse_seed
+
+    raw = "" if text is None else str(text).strip()
+    try:
+        return parse_seed(raw), []
+    except SynthexError:
+        return None, [f"Invalid seed {raw!r}: enter a whole number from 0 to 2^63-1, "
+                      "or leave it empty for a random seed."]
+
+
+def parse_size(choice: str) -> tuple[int | None, int | None]:
+    """``"256x256"`` -> ``(256, 256)``; the native-size choice -> ``(None, None)``."""
+    if choice == NATIVE_SIZE:
+        return None, None
+    width, _, height = choice.partition("x")
+    return int(width), int(height)
+
+
+def check_model_path(text: str) -> list[str]:
+    """Messages for the custom model path (a diffusers folder or a .safetensors checkpoint)."""
+    path = Path(os.path.expanduser(text.strip())) if text and text.strip() else None
+    if path is None:
+        return ["Custom path is empty: enter a diffusers model folder or a .safetensors file."]
+    if not path.exists():
+        return [f"Custom path {text.strip()!r} does not exist."]
+    if path.is_file() and path.suffix.lower() != ".safetensors":
+        return [f"Custom path {text.strip()!r} is not a .safetensors file or a model folder "
+                "(pickled .ckpt/.bin/.pt files are not read)."]
+    return []
+
+
+def check_lora_paths(loras: Sequence[tuple[str, float]]) -> list[str]:
+    """Messages for LoRA adapter rows (empty paths are skipped by :func:`active_loras`)."""
+    problems = []
+    for i, (text, _) in enumerate(loras, 1):
+        if not text.strip():
+            continue
+        path = Path(os.path.expanduser(text.strip()))
+        if not path.is_file():
+            problems.append(f"LoRA {i}: {text.strip()!r} does not exist (or is a folder); give "
+                            "the path of a LoRA .safetensors file.")
+        elif path.suffix.lower() != ".safetensors":
+            problems.append(f"LoRA {i}: {text.strip()!r} is not a .safetensors LoRA file.")
+    return problems
+
+
+def active_loras(rows: Sequence[tuple[str, float]], preset_loras: Sequence[str] = (),
+                 preset_scale: float | None = None) -> list[tuple[str, float]]:
+    """The engine's ``loras``: the preset's own LoRAs at the strength slider, then the rows."""
+    out: list[tuple[str, float]] = []
+    if preset_scale is not None:
+        out += [(name, float(preset_scale)) for name in preset_loras]
+    out += [(os.path.expanduser(p.strip()), float(s)) for p, s in rows if p.strip()]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Requests
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Controls:
+    """The values of the page's widgets that shape a generation."""
+
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = STEPS_RANGE[2]
+    guidance: float = GUIDANCE_RANGE[2]
+    seed: str = DEFAULT_SEED
+    sampler: str = "DPM++ 2M Karras"
+    size: str = NATIVE_SIZE
+    n: int = 1
+    model: str = "embedded"
+    loras: Sequence[tuple[str, float]] = ()
+
+
+def build_request(controls: Controls) -> tuple[Any, list[str]]:
+    """``(GenerationRequest or None, messages)``; "Chest x-ray." is appended to the prompt."""
+    from synthex.generate.engine import GenerationRequest, RequestError
+
+    problems = check_prompt(controls.prompt)
+    problems += check_prompt(controls.negative_prompt or "x", "Negative prompt")
+    seed, seed_problems = parse_seed_text(controls.seed)
+    problems += seed_problems
+    if not 1 <= int(controls.n) <= MAX_BATCH:
+        problems.append(f"Number of images must be from 1 to {MAX_BATCH}, got {controls.n}.")
+    if problems:
+        return None, problems
+    width, height = parse_size(controls.size)
+    request = GenerationRequest(
+        prompt=ensure_suffix(controls.prompt), negative_prompt=controls.negative_prompt.strip(),
+        steps=int(controls.steps), guidance=float(controls.guidance), seed=seed,
+        sampler=controls.sampler, width=width, height=height, n=int(controls.n),
+        model=controls.model, loras=list(controls.loras),
+    )
+    try:
+        request.validate()
+    except RequestError as exc:
+        return None, list(exc.problems)
+    return request, []
+
+
+def default_model(registry_default: str = "embedded") -> str:
+    """The model the page offers first: ``$SYNTHEX_UI_MODEL`` or the registry default."""
+    return os.environ.get(MODEL_ENV, "").strip() or registry_default
+
+
+def model_choices(presets: Sequence[str], default: str) -> list[str]:
+    """Options of the model picker: the default first, the presets, then "Custom path..."."""
+    return list(dict.fromkeys([default, *presets])) + [CUSTOM_MODEL]
+
+
+# --------------------------------------------------------------------------------------------
+# PNG bytes and uploads
+# --------------------------------------------------------------------------------------------
+def png_bytes(image: Any, params: Any) -> bytes:
+    """The image as PNG bytes carrying the A1111 ``parameters`` text, Description, Seed, Model,
+    Software and the synthetic flag + disclaimer (the same chunks as ``write_png``)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from synthex.generate.infotext import png_text
+
+    info = PngInfo()
+    for key, value in png_text(params).items():
+        info.add_text(key, value)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def download_name(seed: int, index: int = 0) -> str:
+    """``synthetic_xray_<seed>.png`` (the thesis app's name pattern)."""
+    return f"synthetic_xray_{seed:04d}.png" if index == 0 else f"synthetic_xray_{seed:04d}_{index}.png"
+
+
+def parameters_from_upload(data: bytes, name: str = "upload") -> tuple[Any, list[str]]:
+    """``(GenerationParameters or None, messages)`` for an uploaded file's bytes."""
+    from synthex.generate.infotext import read_png_parameters
+
+    if not data:
+        return None, [f"{name} is empty."]
+    handle = tempfile.NamedTemporaryFile(suffix=".png", delete=False)
+    try:
+        handle.write(data)
+        handle.close()
+        params = read_png_parameters(handle.name)
+    except SynthexError as exc:
+        text = str(exc).replace(handle.name, name)
+        return None, [f"Cannot read parameters from {name}: {text}"]
+    finally:
+        Path(handle.name).unlink(missing_ok=True)
+    if not params.prompt.strip():
+        return None, [f"{name} holds generation parameters but no prompt to regenerate from."]
+    return params, []
+
+
+# --------------------------------------------------------------------------------------------
+# History
+# --------------------------------------------------------------------------------------------
+@dataclass
+class HistoryRecord:
+    """One generated image of this session."""
+
+    png: bytes
+    prompt: str
+    negative_prompt: str
+    seed: int
+    model: str
+    steps: int
+    guidance: float
+    sampler: str
+    size: str
+    loras: dict[str, float] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+
+    @property
+    def label(self) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(self.created))
+        return f"{stamp} · seed {self.seed} · {self.model} · {self.steps} steps · CFG {self.guidance:g}"
+
+
+def history_records(result: Any, pngs: Sequence[bytes]) -> list[HistoryRecord]:
+    """Records for the images of an engine result (``pngs``: their PNG bytes)."""
+    out = []
+    for params, data in zip(result.parameters, pngs):
+        sampler = " ".join(p for p in (params.sampler, params.schedule_type) if p)
+        out.append(HistoryRecord(
+            png=data, prompt=params.prompt, negative_prompt=params.negative_prompt,
+            seed=int(params.seed), model=str(params.model), steps=int(params.steps),
+            guidance=float(params.cfg_scale), sampler=sampler,
+            size=f"{params.width}x{params.height}",
+            loras={name: scale for name, (_, scale) in params.loras.items() if scale is not None}))
+    return out
+
+
+def add_history(history: list[HistoryRecord], records: Sequence[HistoryRecord],
+                limit: int = HISTORY_LIMIT) -> list[HistoryRecord]:
+    """Newest first, at most ``limit`` records."""
+    return [*reversed(list(records)), *history][:limit]
+
+
+def short_error(exc: BaseException) -> str:
+    """The message of an exception for the page (full text; type name when empty)."""
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+def lora_names(spec: Any) -> list[str]:
+    """Names of a resolved model's own LoRAs."""
+    return [lora.name for lora in getattr(spec, "loras", ())]
+
+
+def describe_missing(ok: bool, why: str, obtain: str | None) -> str:
+    """The explanation shown for a preset whose files are not on this machine."""
+    if ok:
+        return ""
+    hint = f"\n\n{' '.join(obtain.split())}" if obtain else ""
+    return f"Not available on this machine: {why}{hint}"
+
+
+def as_mapping(params: Any) -> Mapping[str, Any]:
+    """GenerationParameters as a plain dict for display."""
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(params).items() if v not in (None, "", {}, [])}
+
+
+def make_engine() -> Any:
+    """The engine the page uses (one per server process; tests replace this function)."""
+    from synthex.generate.engine import Engine
+
+    return Engine()
