@@ -38,6 +38,7 @@ from PIL import Image, ImageFile, ImageOps
 from tqdm.auto import tqdm
 
 from synthex.errors import ImageReadError
+from synthex.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -321,19 +322,7 @@ def save_png_atomic(img: Image.Image, path: Path) -> None:
     """Write ``img`` as PNG to ``path`` atomically: a hidden temp file in the same folder,
     flushed to disk, then ``os.replace``. An interrupted write leaves at most a
     ``.<name>.<random>.synthex-tmp`` file, never a half PNG under the real name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{_TEMP_SUFFIX}"
-    try:
-        with open(tmp, "xb") as handle:
-            img.save(handle, format="PNG")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
+    atomic_write(path, lambda handle: img.save(handle, format="PNG"), suffix=_TEMP_SUFFIX)
 
 def _export_one(job: tuple[ExportTask, str, int, str]) -> tuple[str, str, str]:
     """Worker: read, transform and write one task. Returns ``(status, name, reason)`` with

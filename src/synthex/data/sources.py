@@ -30,7 +30,6 @@ width, height   image size in pixels when known (DICOM metadata or file header),
 """
 from __future__ import annotations
 
-import io
 import logging
 import re
 import tarfile

@@ -18,12 +18,9 @@ the seed; no global state is touched.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
-import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -34,6 +31,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from synthex import SOFTWARE_NAME
+from synthex.io import atomic_write
 from synthex.errors import OutputExistsError, SynthexError
 from synthex.phantom.anatomy import (
     SIDE_SIGN,
@@ -690,15 +688,4 @@ def _refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
 
 def _atomic(path: Path, write: Callable[[Any], Any]) -> None:
     """Write through a hidden temp file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        with open(tmp, "xb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, write)
