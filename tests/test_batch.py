@@ -50,7 +50,7 @@ def options(prompts: Path, out: Path, **kwargs) -> SynthesizeOptions:
 
 def metadata(out: Path) -> tuple[pd.DataFrame, list[dict]]:
     frame = pd.read_csv(out / "metadata.csv")
-    lines = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     return frame, lines
 
 
@@ -144,6 +144,14 @@ def test_builds_an_imagefolder(tmp_path, prompts_csv, engine):
     assert text["Synthetic"] == "true" and "Seed: 10" in text["parameters"]
     config = json.loads((out / "synthesize.json").read_text())
     assert config["base_seed"] == 7 and config["total"] == 5
+    import os
+
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    import datasets
+
+    ds = datasets.load_dataset("imagefolder", data_dir=str(out), split="train",
+                               cache_dir=str(tmp_path / "hf-cache"))
+    assert len(ds) == 5 and ds[3]["seed"] == 10
 
 
 def test_resume_after_interruption_has_no_duplicate_or_lost_row(tmp_path, prompts_csv, engine):

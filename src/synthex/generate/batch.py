@@ -5,7 +5,7 @@ Layout of the output folder::
     OUT/
       images/000000.png ...       one PNG per job, A1111 parameters + Synthetic=true
       metadata.csv                file_name, prompt, text, negative_prompt, seed, ..., synthetic
-      metadata.jsonl              the same rows as JSON lines
+      samples.jsonl               the same rows as JSON lines (typed values)
       synthesize.json             the resolved run configuration (checked on resume)
       .synthex/records-<rank>.jsonl   per-process records, one line per finished image
 
@@ -17,9 +17,9 @@ the records at the end. Under ``accelerate launch`` job ``j`` belongs to process
 ``j % num_processes``; each process writes its own records file and the main process merges them
 after ``wait_for_everyone``.
 
-Both metadata files sit next to each other; ``datasets`` refuses two metadata formats in one
-folder scan, so load with ``load_dataset("imagefolder", data_files={"train": ["OUT/metadata.jsonl",
-"OUT/images/*.png"]})`` (or read ``metadata.csv`` with pandas).
+The folder loads directly with ``datasets.load_dataset("imagefolder", data_dir=OUT)`` (only
+``metadata.csv`` is an imagefolder metadata name; the JSON-lines copy is ``samples.jsonl`` so the
+folder scan does not see two metadata formats).
 """
 from __future__ import annotations
 
@@ -360,7 +360,7 @@ def distributed_state() -> Any:
 def _check_folder(out: Path, options: SynthesizeOptions) -> None:
     if options.overwrite or (out / CONFIG_NAME).is_file():
         return
-    foreign = [name for name in ("metadata.csv", "metadata.jsonl", IMAGES_DIR) if (out / name).exists()]
+    foreign = [name for name in ("metadata.csv", "samples.jsonl", IMAGES_DIR) if (out / name).exists()]
     if foreign:
         raise OutputExistsError(
             f"{out} already holds {', '.join(foreign)} but no {CONFIG_NAME}: it is not a "
@@ -372,7 +372,7 @@ def _prepare(out: Path, options: SynthesizeOptions, frame: Any) -> None:
     if options.overwrite:
         for name in (IMAGES_DIR, RECORDS_DIR):
             shutil.rmtree(out / name, ignore_errors=True)
-        for name in ("metadata.csv", "metadata.jsonl", CONFIG_NAME):
+        for name in ("metadata.csv", "samples.jsonl", CONFIG_NAME):
             (out / name).unlink(missing_ok=True)
     (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     (out / RECORDS_DIR).mkdir(parents=True, exist_ok=True)
@@ -452,7 +452,7 @@ def _generate_mine(out: Path, jobs: list[Job], options: SynthesizeOptions, state
 
 
 def write_metadata(out: Path, jobs: Sequence[Job]) -> tuple[Path, Path, int]:
-    """Rebuild ``metadata.csv`` and ``metadata.jsonl`` (atomically) from the records of the
+    """Rebuild ``metadata.csv`` and ``samples.jsonl`` (atomically) from the records of the
     finished jobs, in job order; returns (csv, jsonl, rows)."""
     import pandas as pd
 
@@ -462,7 +462,7 @@ def write_metadata(out: Path, jobs: Sequence[Job]) -> tuple[Path, Path, int]:
         record = records.get(job.index)
         if record and record.get("file_name") == job.file_name and (out / job.file_name).is_file():
             rows.append({k: v for k, v in record.items() if k != "job"})
-    csv_path, jsonl_path = out / "metadata.csv", out / "metadata.jsonl"
+    csv_path, jsonl_path = out / "metadata.csv", out / "samples.jsonl"
     _write_atomic(csv_path, pd.DataFrame(rows).to_csv(index=False))
     _write_atomic(jsonl_path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
     return csv_path, jsonl_path, len(rows)
