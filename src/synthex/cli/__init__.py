@@ -46,10 +46,15 @@ def version() -> None:
     typer.echo(__version__)
 
 
-def main() -> None:
-    """Console-script entry point."""
+def run(typer_app: typer.Typer) -> None:
+    """Run a Typer app, printing library errors as one line (exit status 2)."""
     try:
-        app()
+        typer_app()
     except SynthexError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    run(app)

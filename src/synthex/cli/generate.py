@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -363,11 +362,9 @@ def _callback(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log d
 
 def main() -> None:
     """``python -m synthex.cli.generate ...`` (used under ``accelerate launch``)."""
-    try:
-        app()
-    except SynthexError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+    from synthex.cli import run
+
+    run(app)
 
 
 if __name__ == "__main__":
