@@ -3,19 +3,12 @@ and producing grayscale 128x128 images through the engine with reproducible seed
 from __future__ import annotations
 
 import numpy as np
-import pytest
-import torch
 
 from synthex.generate.engine import Engine, GenerationRequest
 from synthex.models.embedded import EMBEDDED_DIR
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from tests.helpers_tiny import one_thread  # noqa: E402,F401 (autouse: torch on one thread)
 
 
 def test_shipped_folder_is_complete_and_small():

@@ -30,13 +30,7 @@ CAPTIONS = ["No acute cardiopulmonary abnormality.", "Cardiomegaly.", "Right low
             "Left pleural effusion."]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and suffer least from a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.helpers_tiny import one_thread  # noqa: E402,F401 (autouse: torch on one thread)
 
 
 def make_imagefolder(root: Path, n: int = 10, size: int = 32) -> Path:
