@@ -162,16 +162,59 @@ def _read_yaml(path: Path | None, text: str | None = None) -> dict[str, Any]:
     return data
 
 
+def user_models_file() -> Path:
+    """The user's own presets: ``$SYNTHEX_MODELS_FILE``, else ``$XDG_CONFIG_HOME/synthex/models.yaml``
+    (``~/.config/synthex/models.yaml``). ``synthex train lora --register NAME`` writes here."""
+    if os.environ.get(MODELS_FILE_ENV):
+        return Path(os.path.expanduser(os.environ[MODELS_FILE_ENV]))
+    config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(config_home) / "synthex" / "models.yaml"
+
+
 def load_presets(presets_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """The packaged presets, updated with ``presets_file`` (or ``$SYNTHEX_MODELS_FILE``)."""
+    """The packaged presets, updated with ``presets_file`` or else the user's file
+    (:func:`user_models_file`, when it exists)."""
     text = resources.files("synthex.config").joinpath("models.yaml").read_text(encoding="utf-8")
     data = _read_yaml(None, text)
     extra = presets_file or os.environ.get(MODELS_FILE_ENV)
+    if not extra and user_models_file().is_file():
+        extra = user_models_file()
     if extra:
         user = _read_yaml(Path(extra))
         data["models"] = {**data.get("models", {}), **(user.get("models") or {})}
         data["default"] = user.get("default", data.get("default"))
     return data
+
+
+def register_lora_preset(name: str, base_model: str, lora_file: str | os.PathLike[str], *,
+                         scale: float = 1.0, description: str = "", overwrite: bool = True) -> str:
+    """Add (or replace) preset ``name`` = ``base_model`` + one LoRA in the user's presets file,
+    so that ``synthex generate --model NAME`` and the web app list it. Returns the file path."""
+    import yaml
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name or ""):
+        raise SynthexError(f"preset name {name!r} must be letters, digits, '.', '_' or '-'")
+    packaged = _read_yaml(None, resources.files("synthex.config").joinpath("models.yaml").read_text(encoding="utf-8"))
+    if name in (packaged.get("models") or {}):
+        raise SynthexError(f"preset name {name!r} is a packaged preset; choose another --register name")
+    path = user_models_file()
+    data = _read_yaml(path) if path.is_file() else {"models": {}}
+    models = data.setdefault("models", {}) or {}
+    if name in models and not overwrite:
+        raise SynthexError(f"preset {name!r} already exists in {path}; choose another name")
+    presets = load_presets()["models"]
+    base_path = Path(os.path.expanduser(str(base_model)))
+    entry: dict[str, Any] = ({"base": str(base_model)} if str(base_model) in presets and str(base_model) != name
+                             else {"source": str(base_path.resolve())})
+    entry.update(description=description or f"{base_model} + LoRA {Path(lora_file).name}",
+                 loras=[{"name": _safe_name(name), "path": str(Path(lora_file).resolve()), "scale": float(scale)}])
+    models[name] = entry
+    data["models"] = models
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+    return str(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -676,6 +719,7 @@ def _load_lora(loaded: LoadedModel, lora: LoraSpec) -> None:
         raise LoraError(
             f"{path} is not a LoRA adapter: none of its {len(keys)} tensors is a LoRA weight "
             f"(lora_A/lora_B or lora_down/lora_up), e.g. {keys[:1]}. A full model goes in --model.")
+    _check_lora_base(loaded, path)
     pipe = loaded.pipe
     try:
         with _quiet_transformers():
@@ -693,6 +737,23 @@ def _load_lora(loaded: LoadedModel, lora: LoraSpec) -> None:
             "tensors matched a layer of the model. Was it trained for another base model?")
     loaded.lora_hashes[lora.name] = cached_short_hash(path, 12)
     logger.info("loaded LoRA %s from %s", lora.name, path)
+
+
+def _check_lora_base(loaded: LoadedModel, path: Path) -> None:
+    """LoRAs made by ``synthex train lora`` name their base model in the header: refuse one
+    made for another family, warn when the base weights differ (it may still work)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    family, base = meta.get("synthex.family"), meta.get("synthex.base_model", "?")
+    if family and family != loaded.family:
+        raise LoraError(f"LoRA {path} was trained for the {family} model {base!r}, but model "
+                        f"{loaded.spec.name!r} is {loaded.family}; load it with --model {base}")
+    base_hash = meta.get("synthex.base_model_hash")
+    if base_hash and loaded.model_hash and base_hash != loaded.model_hash:
+        logger.warning("LoRA %s was trained on %s (hash %s), not on %s (hash %s): results may differ",
+                       path.name, base, base_hash, loaded.spec.name, loaded.model_hash)
 
 
 def unload_loras(loaded: LoadedModel) -> None:
