@@ -1,0 +1,9 @@
+"""Evaluation of synthetic chest X-rays: fidelity, diversity, text alignment, privacy, utility.
+
+Entry point: :func:`evaluate` with :class:`EvaluationOptions`; see docs/evaluation.md.
+"""
+from __future__ import annotations
+
+from synthex.evaluate.run import METRICS, EvaluationOptions, EvaluationResult, evaluate
+
+__all__ = ["METRICS", "EvaluationOptions", "EvaluationResult", "evaluate"]

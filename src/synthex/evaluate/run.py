@@ -1,0 +1,257 @@
+"""``evaluate(options) -> EvaluationResult``: every metric of issue 7 in one call, and the report.
+
+Steps: (1) check options and the report folder, (2) generate the synthetic set through the
+engine when a model and a prompts file are given, (3) read the sets and agree on labels,
+(4) features (cached), (5) the chosen metrics, (6) the Markdown/HTML/JSON report.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synthex.errors import OutputExistsError, SynthexError
+from synthex.evaluate.data import ImageSet, _read_metadata, common_label_source, load_image_set
+from synthex.evaluate.features import SynthexExtractor, cached_features, make_extractor
+
+log = logging.getLogger(__name__)
+
+METRICS = ("fidelity", "diversity", "alignment", "privacy", "utility")
+REPORT_FILES = ("report.md", "report.html", "results.json")
+
+
+@dataclass
+class EvaluationOptions:
+    """What to compare and how. Give ``synthetic`` or (``model`` and ``prompts``)."""
+
+    real: Path
+    out: Path
+    synthetic: Path | None = None
+    train: Path | None = None
+    """Training images for the privacy audit (default: the real set)."""
+    model: str | None = None
+    prompts: Path | None = None
+    per_prompt: int = 1
+    steps: int = 20
+    guidance: float = 7.0
+    loras: tuple[tuple[str, float], ...] = ()
+    extractor: str = "synthex"
+    extractor_weights: Path | None = None
+    metrics: tuple[str, ...] = METRICS
+    cache: Path | None = None
+    """Feature cache folder; default ``<image folder>/.synthex/features``."""
+    label_source: str | None = None
+    overwrite: bool = False
+    seed: int = 0
+    k: int = 5
+    bootstrap: int = 200
+    kid_subsets: int = 100
+    min_images: int = 10
+    min_per_finding: int = 10
+    diversity_pairs: int = 200
+    privacy_calibration: int = 200
+    ctr_probe_n: int = 400
+    utility_epochs: int = 6
+    utility_size: int = 64
+    utility_test_fraction: float = 0.5
+    progress: bool = True
+
+
+@dataclass
+class EvaluationResult:
+    out: Path
+    results: dict[str, Any]
+    report_md: Path
+    report_html: Path
+    results_json: Path
+    warnings: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Options and the report folder
+# --------------------------------------------------------------------------------------------
+def check_options(o: EvaluationOptions) -> None:
+    bad = [m for m in o.metrics if m not in METRICS]
+    if bad or not o.metrics:
+        raise SynthexError(f"metrics {bad or '(none)'}: choose from {', '.join(METRICS)}")
+    if (o.synthetic is None) == (o.model is None and o.prompts is None):
+        raise SynthexError("give either a synthetic folder (--synthetic DIR) or a model and a prompts file "
+                           "(--model NAME --prompts FILE), not both or neither")
+    if o.synthetic is None and (o.model is None or o.prompts is None):
+        raise SynthexError("generating the synthetic set needs both --model and --prompts")
+    out = Path(o.out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"report folder {out} is a file; choose a folder")
+    if out.is_dir() and any(p.name != "synthetic" for p in out.iterdir()) and not o.overwrite:
+        raise OutputExistsError(f"report folder {out} is not empty; choose another --out or pass --overwrite")
+
+
+def _generate(o: EvaluationOptions) -> Path:
+    from synthex.generate.batch import SynthesizeOptions, synthesize
+
+    folder = Path(o.out) / "synthetic"
+    result = synthesize(SynthesizeOptions(prompts_file=Path(o.prompts), out=folder, per_prompt=o.per_prompt,
+                                          model=o.model, loras=list(o.loras), steps=o.steps, guidance=o.guidance,
+                                          seed=o.seed, progress=o.progress))
+    if not result.complete:
+        raise SynthexError(f"generation stopped at {result.done} of {result.total} images; run again to resume")
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Sets and labels
+# --------------------------------------------------------------------------------------------
+def _columns(folder: Path) -> list[str]:
+    frame = _read_metadata(Path(folder)) if Path(folder).is_dir() else None
+    return [] if frame is None else list(frame.columns)
+
+
+def _load_sets(o: EvaluationOptions, synthetic: Path) -> tuple[ImageSet, ImageSet, ImageSet | None]:
+    source = o.label_source or common_label_source(_columns(o.real), _columns(synthetic))
+    kw = {"min_images": o.min_images, "progress": o.progress}
+    real = load_image_set(o.real, "real", label_source=source if _columns(o.real) else None, **kw)
+    synth = load_image_set(synthetic, "synthetic", label_source=source if _columns(synthetic) else None, **kw)
+    train = None
+    if o.train is not None and Path(o.train).resolve() != Path(o.real).resolve():
+        train = load_image_set(o.train, "train", label_source=None, **kw)
+    return real, synth, train
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Metrics
+# --------------------------------------------------------------------------------------------
+def _rng(o: EvaluationOptions, name: str) -> np.random.Generator:
+    return np.random.default_rng([o.seed, sum(map(ord, name))])
+
+
+def _fidelity(o, real, synth, feats) -> dict:
+    from synthex.evaluate.fidelity import fidelity, per_finding
+
+    fr, fs = feats["main"]["real"]["embedding"], feats["main"]["synthetic"]["embedding"]
+    out = fidelity(fr, fs, _rng(o, "fidelity"), k=o.k, bootstrap=o.bootstrap, kid_subsets=o.kid_subsets)
+    if real.labels is not None and synth.labels is not None:
+        out["per_finding"] = per_finding(fr, fs, real.labels, synth.labels, real.label_names, _rng(o, "per_finding"),
+                                         min_count=o.min_per_finding, k=o.k)
+    else:
+        out["per_finding_skipped"] = "no labels in one of the sets"
+    return out
+
+
+def _diversity(o, real, synth) -> dict:
+    from synthex.evaluate.diversity import diversity
+
+    return {"synthetic": diversity(synth.images, synth.texts, _rng(o, "div"), pairs=o.diversity_pairs),
+            "real": diversity(real.images, real.texts, _rng(o, "div"), pairs=o.diversity_pairs)}
+
+
+def _alignment(o, real, synth, feats, extractor) -> dict:
+    from synthex.evaluate.alignment import alignment, fit_ctr_probe
+
+    probe = fit_ctr_probe(lambda x: extractor(x)["embedding"], synth.size, _rng(o, "ctr"), n=o.ctr_probe_n) \
+        if o.ctr_probe_n else None
+    s, r = feats["synthex"]["synthetic"], feats["synthex"]["real"]
+    out = {"synthetic": alignment(synth.labels, s["probs"], s["embedding"], synth.label_names, probe)}
+    if real.labels is not None:
+        out["real"] = alignment(real.labels, r["probs"], r["embedding"], real.label_names, probe)
+    if probe is not None:
+        out["ctr_probe"] = {k: probe[k] for k in ("n", "heldout_mae", "heldout_r2", "size")}
+    return out
+
+
+def _privacy(o, synth, train, feats, extractor, which) -> dict:
+    from synthex.evaluate.privacy import audit
+
+    emb = lambda x: extractor(x)["embedding"]  # noqa: E731
+    return audit(synth.images, feats["synthetic"]["embedding"], train.images, feats[which]["embedding"], emb,
+                 _rng(o, "privacy"), n_calibration=o.privacy_calibration)
+
+
+def _utility(o, real, synth) -> dict:
+    from synthex.evaluate.utility import utility
+
+    return utility(real.images, real.labels, synth.images, synth.labels, real.label_names, _rng(o, "utility"),
+                   test_fraction=o.utility_test_fraction, size=o.utility_size, epochs=o.utility_epochs,
+                   seed=o.seed, progress=o.progress)
+
+
+def _features(o, sets: dict[str, ImageSet], extractors: dict[str, Any]) -> dict:
+    return {key: {name: cached_features(ex, s.images, s.hashes, s.folder, o.cache, progress=o.progress)
+                  for name, s in sets.items()} for key, ex in extractors.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# The entry point
+# --------------------------------------------------------------------------------------------
+def evaluate(options: EvaluationOptions, *, extractors: dict[str, Any] | None = None) -> EvaluationResult:
+    """Run the evaluation described by ``options`` and write the report into ``options.out``.
+
+    ``extractors`` ({"synthex": ..., "main": ...}) lets callers reuse loaded extractors (tests
+    count their calls to check the cache)."""
+    o = options
+    check_options(o)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    synthetic = Path(o.synthetic) if o.synthetic is not None else _generate(o)
+    timings["generate"] = time.perf_counter() - t0
+    real, synth, train = _load_sets(o, synthetic)
+    timings["read"] = time.perf_counter() - t0 - timings["generate"]
+    extractors = dict(extractors or {})
+    extractors.setdefault("synthex", SynthexExtractor())
+    if "main" not in extractors:
+        extractors["main"] = extractors["synthex"] if o.extractor == "synthex" else \
+            make_extractor(o.extractor, weights=o.extractor_weights)
+    sets = {"real": real, "synthetic": synth, **({"train": train} if train is not None else {})}
+    used = {"synthex": extractors["synthex"]}
+    if extractors["main"] is not extractors["synthex"]:
+        used["main"] = extractors["main"]
+    feats = _features(o, sets, used)
+    feats.setdefault("main", feats["synthex"])
+    timings["features"] = time.perf_counter() - t0 - sum(timings.values())
+    results, skipped = {}, {}
+    for metric in o.metrics:
+        start = time.perf_counter()
+        reason = _missing(metric, real, synth)
+        if reason:
+            skipped[metric] = reason
+            log.warning("%s not computed: %s", metric, reason)
+            continue
+        if metric == "fidelity":
+            results[metric] = _fidelity(o, real, synth, feats)
+        elif metric == "diversity":
+            results[metric] = _diversity(o, real, synth)
+        elif metric == "alignment":
+            results[metric] = _alignment(o, real, synth, feats, extractors["synthex"])
+        elif metric == "privacy":
+            results[metric] = _privacy(o, synth, train or real, feats["main"], extractors["main"],
+                                       "train" if train is not None else "real")
+            results[metric]["train_set"] = str((train or real).folder)
+        elif metric == "utility":
+            results[metric] = _utility(o, real, synth)
+        timings[metric] = time.perf_counter() - start
+    timings["total_before_report"] = time.perf_counter() - t0
+    from synthex.evaluate.report import write_report
+
+    from synthex.evaluate.features import availability
+
+    context = {"options": o, "sets": sets, "extractor_id": extractors["main"].id, "timings": timings,
+               "skipped": skipped, "extractors": {k: v for k, v in availability(o.extractor_weights).items()
+                                                  if k != "synthex"}}
+    return write_report(Path(o.out), results, context)
+
+
+def _missing(metric: str, real: ImageSet, synth: ImageSet) -> str | None:
+    if metric == "alignment" and synth.labels is None:
+        return "the synthetic set has no prompts/labels (metadata.csv with text, mesh or finding columns)"
+    if metric == "utility" and (real.labels is None or synth.labels is None):
+        return "utility needs labels in both sets (metadata.csv with text, mesh or finding columns)"
+    return None
+
+
+def options_dict(o: EvaluationOptions) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()}
