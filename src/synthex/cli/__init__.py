@@ -12,6 +12,7 @@ import typer
 
 from synthex import __version__
 from synthex.cli import data as data_cli
+from synthex.cli import evaluate as evaluate_cli
 from synthex.cli import generate as generate_cli
 from synthex.cli import phantom as phantom_cli
 from synthex.cli import train as train_cli
@@ -29,6 +30,7 @@ app.add_typer(phantom_cli.app, name="phantom")
 app.add_typer(train_cli.app, name="train")
 generate_cli.register(app)
 ui_cli.register(app)
+evaluate_cli.register(app)
 
 
 @app.callback()

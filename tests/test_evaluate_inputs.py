@@ -1,0 +1,132 @@
+"""Evaluation inputs: folders, labels, bad files, the feature cache, and the whole run (issue 7)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from synthex.errors import OutputExistsError, SynthexError
+from synthex.evaluate import EvaluationOptions, evaluate
+from synthex.evaluate.data import load_image_set
+from synthex.evaluate.features import SynthexExtractor, cached_features
+from tests.evaluate_fixtures import make_folder
+from tests.helpers_tiny import one_thread  # noqa: F401 (autouse fixture)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("eval")
+    return {"real": make_folder(root / "real", 40, seed=1), "synthetic": make_folder(root / "synth", 40, seed=2)}
+
+
+def copy(folder: Path, to: Path) -> Path:
+    shutil.copytree(folder, to)
+    return to
+
+
+def test_labels_come_from_the_text(folders):
+    s = load_image_set(folders["real"], "real")
+    assert len(s) == 40 and s.size == 64 and s.label_source == "text"
+    frame = pd.read_csv(folders["real"] / "metadata.csv")
+    cardio = frame.text.str.contains("cardiomegaly").to_numpy()
+    assert np.array_equal(s.labels[:, s.label_names.index("cardiomegaly")] > 0, cardio)
+    assert np.array_equal(s.labels.sum(1) == 0, frame.text.eq("Chest x-ray. Normal.").to_numpy())
+
+
+def test_too_few_images(tmp_path):
+    make_folder(tmp_path / "few", 4, seed=3)
+    with pytest.raises(SynthexError, match=r"4 readable images .* at least 10"):
+        load_image_set(tmp_path / "few", "real")
+
+
+def test_corrupt_and_missing_files_are_rejected_and_listed(folders, tmp_path):
+    bad = copy(folders["real"], tmp_path / "bad")
+    (bad / "images/0003.png").write_bytes(b"not a png")
+    (bad / "images/0005.png").unlink()
+    s = load_image_set(bad, "real")
+    assert len(s) == 38
+    reasons = dict(s.rejects)
+    assert "unreadable image" in reasons[str(bad / "images/0003.png")]
+    assert "missing" in reasons[str(bad / "images/0005.png")]
+    assert s.labels.shape == (38, len(s.label_names))
+
+
+def test_mixed_sizes_and_modes_are_converted_and_counted(folders, tmp_path):
+    mixed = copy(folders["real"], tmp_path / "mixed")
+    Image.open(mixed / "images/0001.png").convert("RGB").save(mixed / "images/0001.png")
+    Image.open(mixed / "images/0002.png").resize((128, 128)).save(mixed / "images/0002.png")
+    s = load_image_set(mixed, "real")
+    assert s.images.shape == (40, 64, 64)
+    assert any("1 images converted to 8-bit grayscale" in n for n in s.notes)
+    assert any("1 images resized to 64x64" in n for n in s.notes)
+    Image.new("L", (64, 48)).save(mixed / "images/0004.png")
+    with pytest.raises(SynthexError, match=r"0004.png: image is 64x48, not square"):
+        load_image_set(mixed, "real")
+
+
+def test_mismatched_label_columns_are_an_error(folders, tmp_path):
+    real, synth = copy(folders["real"], tmp_path / "r"), copy(folders["synthetic"], tmp_path / "s")
+    for folder, column in ((real, "cardiomegaly"), (synth, "edema")):
+        frame = pd.read_csv(folder / "metadata.csv")
+        frame[column] = 0
+        frame.to_csv(folder / "metadata.csv", index=False)
+    with pytest.raises(SynthexError, match=r"different finding columns: only real \['cardiomegaly'\], only "
+                                           r"synthetic \['edema'\]"):
+        evaluate(EvaluationOptions(real=real, synthetic=synth, out=tmp_path / "report", metrics=("fidelity",),
+                                   progress=False))
+
+
+def test_metadata_without_file_name_column(tmp_path, folders):
+    bad = copy(folders["real"], tmp_path / "nofile")
+    pd.read_csv(bad / "metadata.csv").rename(columns={"file_name": "path"}).to_csv(bad / "metadata.csv", index=False)
+    with pytest.raises(SynthexError, match="no 'file_name' column"):
+        load_image_set(bad, "real")
+
+
+class CountingExtractor(SynthexExtractor):
+    calls: list[int]
+
+    def __call__(self, images):
+        self.calls = getattr(self, "calls", []) + [len(images)]
+        return super().__call__(images)
+
+
+def test_cache_computes_only_new_images(folders, tmp_path):
+    folder = copy(folders["real"], tmp_path / "cached")
+    ex = CountingExtractor()
+    s = load_image_set(folder, "real")
+    first = cached_features(ex, s.images[:25], s.hashes[:25], folder)
+    assert ex.computed == 25 and (folder / ".synthex/features" / f"{ex.id}.npz").is_file()
+    again = cached_features(ex, s.images, s.hashes, folder)  # 15 new images
+    assert ex.computed == 40 and ex.calls == [25, 15]
+    assert np.array_equal(again["embedding"][:25], first["embedding"])
+    cached_features(ex, s.images, s.hashes, folder)
+    assert ex.computed == 40
+    fresh = SynthexExtractor()(s.images)
+    assert np.allclose(again["probs"], fresh["probs"], atol=1e-5)
+
+
+def test_full_run_refuses_to_overwrite_and_reuses_the_cache(folders, tmp_path):
+    real, synth = copy(folders["real"], tmp_path / "r"), copy(folders["synthetic"], tmp_path / "s")
+    ex = SynthexExtractor()
+    options = EvaluationOptions(real=real, synthetic=synth, out=tmp_path / "report", progress=False, bootstrap=20,
+                                kid_subsets=10, ctr_probe_n=40, utility_epochs=1, privacy_calibration=40)
+    result = evaluate(options, extractors={"synthex": ex})
+    for name in ("report.md", "report.html", "results.json", "figures/privacy_pairs.png"):
+        assert (tmp_path / "report" / name).is_file()
+    numbers = json.loads(result.results_json.read_text())
+    assert set(numbers["results"]) == {"fidelity", "diversity", "alignment", "privacy", "utility"}
+    assert numbers["results"]["privacy"]["n_flagged"] == 0
+    assert "data:image/png;base64," in result.report_html.read_text()
+    first = ex.computed
+    with pytest.raises(OutputExistsError, match="not empty"):
+        evaluate(options, extractors={"synthex": ex})
+    options.overwrite = True
+    options.metrics = ("fidelity", "privacy")
+    evaluate(options, extractors={"synthex": ex})
+    assert ex.computed == first + 40  # only the privacy calibration's augmented copies are new
