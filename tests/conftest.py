@@ -83,3 +83,19 @@ def make_kaggle(root: Path, *, n_patients: int = 12, with_images: bool = True) -
 @pytest.fixture()
 def kaggle_dir(tmp_path: Path) -> Path:
     return make_kaggle(tmp_path / "kaggle")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_user_config(tmp_path_factory):
+    """Keep the user's model presets file (``synthex train lora --register``) out of tests."""
+    import os
+
+    before = {k: os.environ.get(k) for k in ("XDG_CONFIG_HOME", "SYNTHEX_MODELS_FILE")}
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("xdg-config"))
+    os.environ.pop("SYNTHEX_MODELS_FILE", None)
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

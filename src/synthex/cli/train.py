@@ -1,16 +1,16 @@
-"""``synthex train``: train the embedded model from scratch (``base``)."""
+"""``synthex train``: the embedded model from scratch (``base``), LoRA fine-tuning (``lora``)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Train models: the embedded default model from scratch.", no_args_is_help=True)
+app = typer.Typer(help="Train models: the embedded model from scratch, LoRA adapters.", no_args_is_help=True)
 
 
 @app.callback()
 def _group() -> None:
-    """Train models: the embedded default model from scratch (``base``)."""
+    """Train models: the embedded model from scratch (``base``), LoRA adapters (``lora``)."""
 
 
 @app.command()
@@ -52,3 +52,96 @@ def base(
     typer.echo("parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in result.parameters.items()))
     typer.echo(f"pipeline: {result.pipeline_dir} ({result.size_mb:.1f} MB)")
     typer.echo(f"validation grid: {result.validation_grid}; log: {out / 'training_log.csv'}")
+
+
+@app.command()
+def lora(
+    data: Path = typer.Option(..., "--data", "-d", help="Imagefolder: metadata.csv (file_name,text[,split]) + images."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (config, log, checkpoints, the LoRA file)."),
+    model: str = typer.Option(None, "--model", "-m", help="Base model: a preset (embedded, sdxl-base, sd15...) or a diffusers folder. Default: embedded."),
+    config: str = typer.Option(None, "--config", "-c", help="LoRA YAML, or 'thesis-sdxl' for the thesis recipe; options below override it."),
+    vae: str = typer.Option(None, "--vae", help="VAE folder that replaces the model's own (e.g. the SDXL fp16-fix VAE)."),
+    resolution: int = typer.Option(None, "--resolution", help="Training side in pixels (default: the model's native size)."),
+    crop: str = typer.Option(None, "--crop", help="center | smart (the thesis crop: portrait films keep their top)."),
+    split: str = typer.Option(None, "--split", help="metadata.csv split to train on (default 'train'; 'all' = every row)."),
+    trigger: str = typer.Option(None, "--trigger", help="Trigger phrase recorded in the LoRA (default: the dataset preset's)."),
+    rank: int = typer.Option(None, "--rank", help="LoRA rank (default 8)."),
+    alpha: float = typer.Option(None, "--alpha", help="LoRA alpha (default = rank; scale = alpha / rank)."),
+    train_text_encoder: bool = typer.Option(None, "--train-text-encoder/--no-train-text-encoder", help="Also add LoRA to the text encoder(s)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per process per micro-batch (default 1)."),
+    grad_accum: int = typer.Option(None, "--gradient-accumulation", help="Micro-batches per optimizer step (default 4)."),
+    lr: float = typer.Option(None, "--learning-rate", "--lr", help="Learning rate (default 1e-4)."),
+    lr_scheduler: str = typer.Option(None, "--lr-scheduler", help="constant | cosine | linear (default constant)."),
+    warmup: int = typer.Option(None, "--warmup-steps", help="Linear warm-up steps (default 0)."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Optimizer steps (default 1500)."),
+    epochs: int = typer.Option(None, "--epochs", help="Train this many epochs instead of --max-steps."),
+    mixed_precision: str = typer.Option(None, "--mixed-precision", help="no | fp16 (CUDA) | bf16."),
+    adam8bit: bool = typer.Option(None, "--use-8bit-adam/--no-8bit-adam", help="bitsandbytes 8-bit AdamW."),
+    checkpointing: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory."),
+    seed: int = typer.Option(None, "--seed", help="Seed of LoRA init, batches and noise (default 42)."),
+    cache: bool = typer.Option(None, "--cache/--no-cache", help="Cache VAE latents and text embeddings on disk (default on)."),
+    caption_dropout: float = typer.Option(None, "--caption-dropout", help="Share of captions emptied (default 0)."),
+    min_snr: float = typer.Option(None, "--min-snr-gamma", help="Min-SNR loss weighting gamma (0 = off)."),
+    noise_offset: float = typer.Option(None, "--noise-offset", help="Noise offset (default 0)."),
+    balance_by: str = typer.Option(None, "--balance-by", help="metadata.csv column for class-balanced sampling (e.g. labels, is_normal)."),
+    ema: float = typer.Option(None, "--ema-decay", help="EMA decay of the LoRA weights (0 = off)."),
+    hflip: bool = typer.Option(None, "--hflip/--no-hflip", help="Random horizontal flips (off: they swap left/right findings)."),
+    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints (default 500)."),
+    keep: int = typer.Option(None, "--keep-checkpoints", help="Checkpoints kept (default 3)."),
+    validation_prompt: list[str] = typer.Option(None, "--validation-prompt", help="Validation prompt (repeatable)."),
+    validation_every: int = typer.Option(None, "--validation-every", help="Steps between validation grids (0 = only at the end)."),
+    kohya: bool = typer.Option(None, "--kohya/--no-kohya", help="Also write lora_kohya.safetensors (AUTOMATIC1111 / ComfyUI)."),
+    register: str = typer.Option(None, "--register", help="Add a model preset of this name (base + this LoRA) to your presets file."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Fine-tune a LoRA (SDXL, SD 1.x/2.x or the embedded model) on an imagefolder."""
+    from synthex.train.lora import load_lora_config, train_lora
+
+    overrides = {
+        "model": model, "vae": vae, "resolution": resolution, "crop": crop, "trigger": trigger, "rank": rank,
+        "alpha": alpha, "train_text_encoder": train_text_encoder, "batch_size": batch_size,
+        "gradient_accumulation": grad_accum, "learning_rate": lr, "lr_scheduler": lr_scheduler,
+        "warmup_steps": warmup, "max_steps": max_steps, "epochs": epochs, "mixed_precision": mixed_precision,
+        "use_8bit_adam": adam8bit, "gradient_checkpointing": checkpointing, "seed": seed,
+        "cache_latents": cache, "cache_text": cache, "caption_dropout": caption_dropout, "min_snr_gamma": min_snr,
+        "noise_offset": noise_offset, "balance_by": balance_by, "ema_decay": ema, "hflip": hflip,
+        "checkpoint_every": checkpoint_every, "keep_checkpoints": keep,
+        "validation_prompts": list(validation_prompt) if validation_prompt else None,
+        "validation_every": validation_every, "kohya": kohya, "register": register,
+    }
+    cfg = load_lora_config(config, overrides)
+    if split is not None:
+        cfg.split = None if split == "all" else split
+    if dry_run:
+        import yaml
+
+        typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    result = train_lora(data, out, cfg, resume=resume, progress=not quiet)
+    typer.echo(f"images: {result.n_images} ({len(result.rejects)} rejected rows, see {out / 'rejects.csv'})")
+    typer.echo(f"trained {result.trainable_parameters:,} LoRA parameters for {result.steps} steps")
+    typer.echo(f"LoRA: {result.lora_file}" + (f" (kohya copy: {result.kohya_file})" if result.kohya_file else ""))
+    if result.validation_grid:
+        typer.echo(f"validation grid: {result.validation_grid}; log: {out / 'training_log.csv'}")
+    if result.preset:
+        typer.echo(f"registered model preset {cfg.register!r} in {result.preset}: "
+                   f"synthex generate \"...\" --model {cfg.register}")
+
+
+@app.command("export-kohya")
+def export_kohya_cmd(
+    lora_file: Path = typer.Argument(..., help="A diffusers-format LoRA made by 'synthex train lora'."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors (kohya names: lora_unet_..., lora_te_...)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+) -> None:
+    """Convert a LoRA to the kohya format read by AUTOMATIC1111 and ComfyUI."""
+    from synthex.train.lora import export_kohya
+
+    typer.echo(f"wrote {export_kohya(lora_file, out, overwrite=overwrite)}")
