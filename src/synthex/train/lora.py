@@ -506,6 +506,21 @@ def _encode_latents(base: BaseModel, pixels):
     return dist.mean.float(), dist.std.float()
 
 
+def read_pixels(data_dir: Path, names: list[str], resolution: int, crop: str):
+    """Read, decode, resize and crop images from disk into [-1, 1] tensors (N, 1, R, R)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from synthex.train.data import prepare_image, to_model_range
+
+    arrays = []
+    for name in names:
+        with Image.open(Path(data_dir) / name) as image:
+            arrays.append(prepare_image(image, resolution, crop))
+    return to_model_range(torch.from_numpy(np.stack(arrays))[:, None])
+
+
 def build_latent_cache(base: BaseModel, data, path: Path, key: str, progress: bool, batch: int = 16) -> dict:
     """Encode every image once (or read ``path`` when it was made with the same ``key``)."""
     import torch
@@ -754,6 +769,8 @@ def train_lora(data_dir: str | Path, run_dir: str | Path, cfg: LoraTrainConfig |
                                         key_base + f"|{cfg.text_column}", progress and main)
         accelerator.wait_for_everyone()
 
+    data.images = None  # pixels are not needed any more: latents are cached or read per step
+
     # --- adapters, optimizer -------------------------------------------------------------
     torch.manual_seed(derived_seed(cfg.seed, "lora-init"))
     trained = add_adapters(base, cfg)
@@ -812,9 +829,10 @@ def train_lora(data_dir: str | Path, run_dir: str | Path, cfg: LoraTrainConfig |
         n = len(indices)
         if latents is not None:
             mean, std = latents["mean"][indices], latents["std"][indices]
-        else:
+        else:  # the uncached path of diffusers' example scripts: read, decode, resize, encode
+            pixels = read_pixels(data_dir, [data.file_names[i] for i in indices.tolist()], resolution, cfg.crop)
             with torch.no_grad():
-                mean, std = _encode_latents(base, data.pixels(indices))
+                mean, std = _encode_latents(base, pixels)
             mean, std = mean.cpu(), std.cpu()
         x0 = (mean + std * torch.randn(mean.shape, generator=gen) - shift) * scale
         if cfg.hflip:
