@@ -63,6 +63,10 @@ def evaluate(
         extractor_weights=xrv_weights if extractor == "xrv" else None,
         metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), cache=cache, label_source=labels,
         overwrite=overwrite, seed=seed, bootstrap=bootstrap, utility_epochs=utility_epochs, ctr_probe_n=ctr_probe, progress=not quiet)
+    if model is not None:
+        from synthex.cli.generate import _quiet_libraries
+
+        _quiet_libraries()  # no third-party loading bars; ours stay
     result = run_evaluation(options)
     for warning in result.warnings:
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)

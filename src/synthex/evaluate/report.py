@@ -119,14 +119,14 @@ def _fig_hist(out: Path, name: str, series: dict[str, np.ndarray], title: str, x
     return _save(fig, out, name)
 
 
-def _fig_pairs(out: Path, closest, synth, train) -> Path:
+def _fig_pairs(out: Path, closest, synth, train, threshold: float) -> Path:
     plt = _plt()
     n = len(closest)
     fig, axes = plt.subplots(2, max(n, 1), figsize=(1.5 * max(n, 1), 3.6), squeeze=False)
     for c, (i, j, dp, dfeat) in enumerate(closest):
         axes[0, c].imshow(synth.images[i], cmap="gray", vmin=0, vmax=255)
         axes[1, c].imshow(train.images[j], cmap="gray", vmin=0, vmax=255)
-        axes[0, c].set_title(f"px {dp:.3f}\nft {dfeat:.4f}", fontsize=7)
+        axes[0, c].set_title(f"px {dp:.3f}\nft {dfeat:.4f}", fontsize=7, color="red" if dp <= threshold else "black")
         for r in (0, 1):
             axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
     axes[0, 0].set_ylabel("synthetic"), axes[1, 0].set_ylabel("nearest train")
@@ -244,13 +244,17 @@ def _privacy_blocks(r: dict, out: Path, synth, train) -> list[Block]:
               Block("table", rows, ["space", "threshold", "copies caught", "distinct pairs under it", "separates",
                                     "synthetic under it"]),
               Block("p", f"**Flagged as near-copies (pixel space): {r['n_flagged']} of {r['n_synthetic']} "
-                         f"({100 * r['flag_rate']:.1f}%).**")]
+                         f"({100 * r['flag_rate']:.1f}%).** For scale: {100 * cal['pixel']['distinct_false_rate']:.1f}% "
+                         "of distinct training images fall under the same threshold against their nearest other "
+                         "training image, so a flag rate at that level is what unrelated look-alikes give; "
+                         "inspect the closest pairs below.")]
     fig = _fig_hist(out, "privacy_hist.png", {"augmented copies": cal["pixel"]["copies"],
                                                "distinct training": cal["pixel"]["distinct"],
                                                "synthetic -> nearest train": r["pixel_dist"]},
                     "pixel distance to the nearest training image", "distance", cal["pixel"]["threshold"])
     blocks += [Block("figure", fig, "pixel distances"),
-               Block("figure", _fig_pairs(out, r["closest"], synth, train), "closest synthetic/training pairs")]
+               Block("figure", _fig_pairs(out, r["closest"], synth, train, cal["pixel"]["threshold"]),
+                     "closest synthetic (top) / training (bottom) pairs; red = flagged")]
     return blocks
 
 
