@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from synthex.errors import OutputExistsError, SynthexError
@@ -130,3 +131,38 @@ def test_full_run_refuses_to_overwrite_and_reuses_the_cache(folders, tmp_path):
     options.metrics = ("fidelity", "privacy")
     evaluate(options, extractors={"synthex": ex})
     assert ex.computed == first + 40  # only the privacy calibration's augmented copies are new
+
+
+class FakeDenseNet(torch.nn.Module):
+    """Stands in for torchxrayvision.models.DenseNet: same constructor and features2 contract."""
+
+    def __init__(self, weights=None, op_threshs=None):
+        super().__init__()
+        self.proj = torch.nn.Linear(1, 1024)
+
+    def features2(self, x):
+        return self.proj(x.mean(dim=(1, 2, 3))[:, None])
+
+
+def test_xrv_extractor_loads_local_weights_and_refuses_pickles(tmp_path, monkeypatch):
+    """The xrv code path, with a stand-in for the torchxrayvision module (whose real import needs
+    torchvision, absent here): weights from a local safetensors file; pickled files refused."""
+    import sys
+    import types
+
+    from safetensors.torch import save_file
+
+    from synthex.evaluate.features import make_extractor
+
+    fake = types.ModuleType("torchxrayvision")
+    fake.models = types.SimpleNamespace(DenseNet=FakeDenseNet)
+    monkeypatch.setitem(sys.modules, "torchxrayvision", fake)
+    with pytest.raises(SynthexError, match="weights not found"):
+        make_extractor("xrv", weights=tmp_path / "absent.pt")
+    save_file(FakeDenseNet().state_dict(), str(tmp_path / "xrv.safetensors"))
+    ex = make_extractor("xrv", weights=tmp_path / "xrv.safetensors")
+    out = ex(np.zeros((3, 64, 64), np.uint8))
+    assert out["embedding"].shape == (3, 1024) and ex.id.startswith("xrv-densenet121-all-")
+    torch.save(FakeDenseNet(), tmp_path / "pickled.pt")
+    with pytest.raises(SynthexError, match="does not unpickle"):
+        make_extractor("xrv", weights=tmp_path / "pickled.pt")

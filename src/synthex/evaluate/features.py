@@ -109,9 +109,7 @@ class XRVExtractor:
             raise SynthexError(f"extractor 'xrv': torchxrayvision does not import here ({type(exc).__name__}: "
                                f"{exc}); install torchvision, or use --extractor synthex") from None
         model = xrv.models.DenseNet(weights=None, op_threshs=None)
-        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles objects
-        state = state.state_dict() if hasattr(state, "state_dict") else state
-        model.load_state_dict(state, strict=False)
+        model.load_state_dict(_xrv_state(path))
         self.model = model.eval()
         self.id, self.dim = f"xrv-densenet121-all-{_file_digest(path)}-224", 1024
 
@@ -158,6 +156,24 @@ class InceptionExtractor:
             out.append(self.model(x.repeat(1, 3, 1, 1))[0][:, :, 0, 0].numpy())
         self.computed += len(images)
         return {"embedding": np.concatenate(out).astype(np.float32)}
+
+
+def _xrv_state(path: Path) -> dict:
+    """A state dict from a .safetensors file or a tensors-only .pt; the official download is a
+    pickled whole model, which is never unpickled here."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickled objects are refused by weights_only
+        raise SynthexError(
+            f"extractor 'xrv': {path} is not a plain state dict ({type(exc).__name__}); the official file is a "
+            "pickled model, which SynTheX-Ray does not unpickle. If you trust it, convert it once: python -c "
+            f"\"import torch; torch.save(torch.load('{path}', weights_only=False).state_dict(), 'xrv-all.pt')\" "
+            "and pass --xrv-weights xrv-all.pt") from None
+    return state
 
 
 def find_xrv_weights(weights: str | Path | None = None) -> Path:
