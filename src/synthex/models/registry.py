@@ -699,7 +699,9 @@ def _looks_like_lora(keys: Sequence[str]) -> bool:
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """transformers 5 prints a misleading 'MISSING' load report when adapters are injected."""
-    loggers = [logging.getLogger(n) for n in ("transformers", "transformers.modeling_utils")]
+    loggers = [logging.getLogger(n) for n in ("transformers", "transformers.modeling_utils",
+                                              # "No LoRA keys associated to CLIPTextModel": a UNet-only LoRA
+                                              "diffusers.loaders.lora_base", "diffusers.loaders.peft")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
