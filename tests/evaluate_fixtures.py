@@ -32,7 +32,7 @@ def make_folder(root: Path, n: int, seed: int, size: int = 64, pool: tuple[str, 
         else:
             image, text = images[i], texts[i]
         name = f"images/{i:04d}.png"
-        Image.fromarray(image, mode="L").save(root / name)
+        Image.fromarray(image).save(root / name)
         rows.append({"file_name": name, "text": text})
     pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
     return root

@@ -14,8 +14,10 @@ from synthex.errors import SynthexError
 
 
 def evaluate(
-    real: Optional[Path] = typer.Option(None, "--real", help="Folder of real images (imagefolder with metadata.csv, or plain)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (report.md, report.html, results.json)."),
+    real: Optional[Path] = typer.Option(None, "--real", help="Folder of real images (imagefolder with "
+                                        "metadata.csv, or plain)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (report.md, report.html, "
+                                       "results.json)."),
     synthetic: Optional[Path] = typer.Option(None, "--synthetic", help="Folder of synthetic images."),
     train: Optional[Path] = typer.Option(None, "--train", help="Training images for the privacy audit "
                                          "(default: the real set)."),
@@ -62,7 +64,8 @@ def evaluate(
         steps=steps, guidance=cfg, extractor=extractor,
         extractor_weights=xrv_weights if extractor == "xrv" else None,
         metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), cache=cache, label_source=labels,
-        overwrite=overwrite, seed=seed, bootstrap=bootstrap, utility_epochs=utility_epochs, ctr_probe_n=ctr_probe, progress=not quiet)
+        overwrite=overwrite, seed=seed, bootstrap=bootstrap, utility_epochs=utility_epochs, ctr_probe_n=ctr_probe,
+        progress=not quiet)
     if model is not None:
         from synthex.cli.generate import _quiet_libraries
 

@@ -110,8 +110,9 @@ def read_gray(path: Path) -> tuple[np.ndarray, bool]:
         return np.asarray(img.convert("L"), dtype=np.uint8).copy(), True
 
 
-def _resize(arr: np.ndarray, size: int) -> np.ndarray:
-    img = Image.fromarray(arr, mode="L").resize((size, size), Image.Resampling.BOX if arr.shape[0] > size
+def resize_square(arr: np.ndarray, size: int) -> np.ndarray:
+    """A square uint8 image resized to ``size`` (box filter down, bicubic up)."""
+    img = Image.fromarray(arr).resize((size, size), Image.Resampling.BOX if arr.shape[0] > size
                                                  else Image.Resampling.BICUBIC)
     return np.asarray(img, dtype=np.uint8)
 
@@ -228,7 +229,7 @@ def load_image_set(folder: str | Path, name: str, *, label_source: str | None = 
         resized = sum(n for s, n in sizes.items() if s != size)
         notes.append(f"{resized} images resized to {size}x{size} (sizes found: "
                      + ", ".join(f"{s}px x{n}" for s, n in sorted(sizes.items())) + ")")
-        arrays = [a if a.shape[0] == size else _resize(a, size) for a in arrays]
+        arrays = [a if a.shape[0] == size else resize_square(a, size) for a in arrays]
     result = ImageSet(name, folder, kept, hashes, np.stack(arrays), rejects=rejects, notes=notes)
     if frame is not None:
         keep = {str(p): i for i, p in enumerate(files)}

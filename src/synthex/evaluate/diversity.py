@@ -95,9 +95,9 @@ def diversity(images: np.ndarray, prompts: list[str] | None, rng: np.random.Gene
     """Mean MS-SSIM within prompts and across prompts (or over random pairs when every image has
     its own prompt / no prompts are known). Images larger than ``size`` are downsampled first."""
     if images.shape[-1] > size:
-        from synthex.evaluate.data import _resize
+        from synthex.evaluate.data import resize_square
 
-        images = np.stack([_resize(im, size) for im in images])
+        images = np.stack([resize_square(im, size) for im in images])
     keys = prompts if prompts is not None else [str(i) for i in range(len(images))]
     index: dict[str, list[int]] = {}
     for i, k in enumerate(keys):

@@ -112,7 +112,8 @@ def _fig_hist(out: Path, name: str, series: dict[str, np.ndarray], title: str, x
         bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 40)
         for label, v in series.items():
             if len(v):
-                ax.hist(np.asarray(v)[np.isfinite(v)], bins=bins, alpha=0.5, label=f"{label} (n={len(v)})", density=True)
+                ax.hist(np.asarray(v)[np.isfinite(v)], bins=bins, alpha=0.5, label=f"{label} (n={len(v)})",
+                        density=True)
     if line is not None:
         ax.axvline(line, color="r", lw=1, label="threshold")
     ax.set_title(title, fontsize=10), ax.set_xlabel(xlabel), ax.legend(fontsize=8)
@@ -142,12 +143,12 @@ def _overview(ctx: dict) -> list[Block]:
     for name, s in sets.items():
         rows.append([name, str(s.folder), _f(len(s)), f"{s.size}px", s.label_source or "none",
                      _f(len(s.rejects)), "; ".join(s.notes) or "-"])
+    synthex_note = (" (the in-project phantom-trained encoder: numbers are not comparable with Inception FID or "
+                    "torchxrayvision FXD)." if ctx["extractor_id"].startswith("synthex") else ".")
     blocks = [Block("p", f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `synthex evaluate`. "
                          "Synthetic images are for research, not diagnosis."),
               Block("table", rows, ["set", "folder", "images", "size", "labels from", "rejected", "notes"]),
-              Block("p", f"Feature extractor: `{ctx['extractor_id']}`"
-                         + (" (the in-project phantom-trained encoder: numbers are not comparable with "
-                            "Inception FID or torchxrayvision FXD)." if ctx["extractor_id"].startswith("synthex") else "."))]
+              Block("p", f"Feature extractor: `{ctx['extractor_id']}`" + synthex_note)]
     others = ctx.get("extractors", {})
     if others:
         blocks.append(Block("list", [f"extractor `{k}`: {v}" for k, v in others.items()]))
@@ -233,7 +234,8 @@ def _alignment_blocks(r: dict, out: Path) -> list[Block]:
 
 def _privacy_blocks(r: dict, out: Path, synth, train) -> list[Block]:
     cal = r["calibration"]
-    rows = [[space, _f(cal[space]["threshold"], 4), _f(cal[space]["copy_recall"]), _f(cal[space]["distinct_false_rate"]),
+    rows = [[space, _f(cal[space]["threshold"], 4), _f(cal[space]["copy_recall"]),
+             _f(cal[space]["distinct_false_rate"]),
              "yes" if cal[space]["separated"] else "no (threshold capped)",
              _f(r["flag_rate_pixel_only"] if space == "pixel" else r["flag_rate_feature_only"])]
             for space in ("pixel", "feature")]
@@ -244,7 +246,8 @@ def _privacy_blocks(r: dict, out: Path, synth, train) -> list[Block]:
               Block("table", rows, ["space", "threshold", "copies caught", "distinct pairs under it", "separates",
                                     "synthetic under it"]),
               Block("p", f"**Flagged as near-copies (pixel space): {r['n_flagged']} of {r['n_synthetic']} "
-                         f"({100 * r['flag_rate']:.1f}%).** For scale: {100 * cal['pixel']['distinct_false_rate']:.1f}% "
+                         f"({100 * r['flag_rate']:.1f}%).** For scale: "
+                         f"{100 * cal['pixel']['distinct_false_rate']:.1f}% "
                          "of distinct training images fall under the same threshold against their nearest other "
                          "training image, so a flag rate at that level is what unrelated look-alikes give; "
                          "inspect the closest pairs below.")]
@@ -353,7 +356,8 @@ def write_report(out: Path, results: dict, ctx: dict):
     out.mkdir(parents=True, exist_ok=True)
     sets = ctx["sets"]
     blocks = [Block("h2", "Overview")] + _overview(ctx)
-    blocks.append(Block("figure", _fig_samples(out, sets["real"], sets["synthetic"]), "real (top) and synthetic (bottom)"))
+    blocks.append(Block("figure", _fig_samples(out, sets["real"], sets["synthetic"]),
+                        "real (top) and synthetic (bottom)"))
     warnings = list(results.get("fidelity", {}).get("warnings", []))
     if "fidelity" in results:
         blocks += _fidelity_blocks(results["fidelity"])

@@ -24,9 +24,9 @@ REGIMES = ("real", "real+synthetic", "synthetic")
 def _at(images: np.ndarray, size: int) -> np.ndarray:
     if images.shape[-1] == size:
         return images
-    from synthex.evaluate.data import _resize
+    from synthex.evaluate.data import resize_square
 
-    return np.stack([_resize(im, size) for im in images])
+    return np.stack([resize_square(im, size) for im in images])
 
 
 def utility(real_images: np.ndarray, real_labels: np.ndarray, synth_images: np.ndarray, synth_labels: np.ndarray,
@@ -44,7 +44,8 @@ def utility(real_images: np.ndarray, real_labels: np.ndarray, synth_images: np.n
     test, train = order[:n_test], order[n_test:]
     x_real, x_synth = _at(real_images, size), _at(synth_images, size)
     data = {"real": (x_real[train], real_labels[train]),
-            "real+synthetic": (np.concatenate([x_real[train], x_synth]), np.concatenate([real_labels[train], synth_labels])),
+            "real+synthetic": (np.concatenate([x_real[train], x_synth]),
+                               np.concatenate([real_labels[train], synth_labels])),
             "synthetic": (x_synth, synth_labels)}
     y_test = real_labels[test]
     usable = [name for j, name in enumerate(names) if 0 < y_test[:, j].sum() < len(test)]
