@@ -99,9 +99,11 @@ def test_alignment_on_phantoms_matches_rendered_truth(extractor):
     good = alignment(labels, out["probs"], out["embedding"], PHANTOM_LABELS, probe)
     assert good["mean_auroc"] > 0.9
     assert good["normal"]["pathology_called_normal"] < 0.15
+    assert good["normal"]["pathology_all_missed"] < 0.2
     assert good["ctr"]["mean_ctr_cardiomegaly"] > good["ctr"]["mean_ctr_other"] + 0.05
     sided = [row for row in good["laterality"] if row["n"] >= 3]
     assert sided and all(row["correct_side"] >= 0.75 for row in sided)
     shuffled = labels[np.random.default_rng(0).permutation(len(labels))]
     bad = alignment(shuffled, out["probs"], out["embedding"], PHANTOM_LABELS, None)
     assert bad["mean_auroc"] < 0.7
+    assert bad["normal"]["pathology_all_missed"] > 0.5

@@ -90,7 +90,8 @@ def _summary(results: dict) -> str:
     if "alignment" in results:
         a = results["alignment"]["synthetic"]
         parts.append(f"alignment: mean AUROC {a['mean_auroc']:.3f}, pathology prompts looking normal "
-                     f"{a['normal']['pathology_called_normal']:.3f}")
+                     f"{a['normal']['pathology_called_normal']:.3f}, with every prompted finding missed "
+                     f"{a['normal']['pathology_all_missed']:.3f}")
     if "privacy" in results:
         p = results["privacy"]
         parts.append(f"privacy: {p['n_flagged']} of {p['n_synthetic']} flagged as near-copies")

@@ -6,7 +6,8 @@ from the ``synthex`` extractor pass, so nothing is computed twice):
 - per-finding AUROC of the classifier's probability, prompted vs not prompted (chance = 0.5);
 - detection rates (probability > 0.5) when prompted and when not;
 - the share of pathology prompts whose image the classifier calls normal (every probability
-  < 0.5): the thesis' failure mode;
+  < 0.5): the thesis' failure mode; and the share whose prompted findings are all missed (a
+  classifier that sees a spurious finding everywhere hides the first, not the second);
 - laterality: for prompts with a one-sided effusion or opacity, the share of images whose
   classifier probability is higher on the prompted side than on the other;
 - cardiothoracic ratio: a ridge-regression probe from the encoder's embedding to the CTR that
@@ -45,8 +46,10 @@ def finding_scores(labels: np.ndarray, probs: np.ndarray, names: tuple[str, ...]
 def looks_normal_share(labels: np.ndarray, probs: np.ndarray) -> dict:
     sick = labels.sum(1) > 0
     normal_looking = probs.max(1) < 0.5
+    missed = ((probs < 0.5) | (labels < 0.5)).all(1)  # none of the prompted findings detected
     return {"n_pathology": int(sick.sum()),
             "pathology_called_normal": float(normal_looking[sick].mean()) if sick.any() else float("nan"),
+            "pathology_all_missed": float(missed[sick].mean()) if sick.any() else float("nan"),
             "n_normal": int((~sick).sum()),
             "normal_called_normal": float(normal_looking[~sick].mean()) if (~sick).any() else float("nan")}
 

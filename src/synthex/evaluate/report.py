@@ -198,6 +198,8 @@ def _alignment_blocks(r: dict, out: Path) -> list[Block]:
     rows = [["mean per-finding AUROC (prompted vs not)", _f(s["mean_auroc"]), _f(ref["mean_auroc"]) if ref else "-"],
             ["pathology prompts that look normal", _f(s["normal"]["pathology_called_normal"]),
              _f(ref["normal"]["pathology_called_normal"]) if ref else "-"],
+            ["pathology prompts with every prompted finding missed", _f(s["normal"]["pathology_all_missed"]),
+             _f(ref["normal"]["pathology_all_missed"]) if ref else "-"],
             ["normal prompts that look normal", _f(s["normal"]["normal_called_normal"]),
              _f(ref["normal"]["normal_called_normal"]) if ref else "-"]]
     if "ctr" in s and s["ctr"]:
