@@ -96,7 +96,6 @@ def test_lora_trains_saves_and_loads_in_the_engine(tmp_path, dataset, kind, text
 
 
 def test_alpha_is_folded_into_the_up_weights():
-    from diffusers import UNet2DConditionModel  # noqa: F401
     from tests.helpers_tiny import unet
     from peft import LoraConfig
 

@@ -637,35 +637,45 @@ class StepInfo:
     lr: float
 
 
-def prepare_run(run_dir: Path, cfg: LoraTrainConfig, data_dir: Path, resume: bool, world: int) -> None:
-    """Create the run folder, or check that a resume matches it (config, dataset, processes)."""
+def check_run_dir(run_dir: Path, cfg: LoraTrainConfig, data_dir: Path, resume: bool, world: int) -> bool:
+    """Read-only checks (every process runs them); True when the run is new."""
     import yaml
 
     from synthex.train.data import metadata_fingerprint
 
     saved = run_dir / "config.yaml"
-    fingerprint = metadata_fingerprint(data_dir) if (Path(data_dir) / "metadata.csv").is_file() else None
-    if saved.exists():
-        if not resume:
-            raise OutputExistsError(f"{run_dir} already holds a LoRA run; pass --resume to continue it "
-                                    "or choose another --out folder")
-        diffs = config_differences(yaml.safe_load(saved.read_text(encoding="utf-8")), cfg.to_dict())
-        if diffs:
-            raise LoraTrainingError(f"cannot resume {run_dir} with a different configuration ({'; '.join(diffs)}); "
-                                    "resume with the same options or start a new --out folder")
-        state = json.loads((run_dir / "state.json").read_text(encoding="utf-8"))
-        if fingerprint and state.get("data_sha256") not in (None, fingerprint):
-            raise LoraTrainingError(f"cannot resume {run_dir}: {data_dir}/metadata.csv differs from the dataset "
-                                    "the run started with; use the same dataset or a new --out folder")
-        if state.get("world_size", world) != world:
-            raise LoraTrainingError(f"cannot resume {run_dir} with {world} process(es): it started with "
-                                    f"{state['world_size']} (the batch of each step depends on it)")
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise OutputExistsError(f"{run_dir} is not empty and holds no LoRA run; choose an empty --out folder")
+    if not saved.exists():
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise OutputExistsError(f"{run_dir} is not empty and holds no LoRA run; choose an empty --out folder")
+        return True
+    if not resume:
+        raise OutputExistsError(f"{run_dir} already holds a LoRA run; pass --resume to continue it "
+                                "or choose another --out folder")
+    diffs = config_differences(yaml.safe_load(saved.read_text(encoding="utf-8")), cfg.to_dict())
+    if diffs:
+        raise LoraTrainingError(f"cannot resume {run_dir} with a different configuration ({'; '.join(diffs)}); "
+                                "resume with the same options or start a new --out folder")
+    state = json.loads((run_dir / "state.json").read_text(encoding="utf-8"))
+    fingerprint = metadata_fingerprint(data_dir)
+    if state.get("data_sha256") not in (None, fingerprint):
+        raise LoraTrainingError(f"cannot resume {run_dir}: {data_dir}/metadata.csv differs from the dataset "
+                                "the run started with; use the same dataset or a new --out folder")
+    if state.get("world_size", world) != world:
+        raise LoraTrainingError(f"cannot resume {run_dir} with {world} process(es): it started with "
+                                f"{state['world_size']} (the batch of each step depends on it)")
+    return False
+
+
+def create_run_dir(run_dir: Path, cfg: LoraTrainConfig, data_dir: Path, world: int) -> None:
+    """Write the new run's config.yaml and state.json (main process only)."""
+    import yaml
+
+    from synthex.train.data import metadata_fingerprint
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_text(saved, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    _write_text(run_dir / "state.json", json.dumps({"data_sha256": fingerprint, "world_size": world}, indent=1))
+    _write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    _write_text(run_dir / "state.json", json.dumps({"data_sha256": metadata_fingerprint(data_dir),
+                                                    "world_size": world}, indent=1))
 
 
 def _make_optimizer(cfg: LoraTrainConfig, groups: list[dict]):
@@ -735,11 +745,13 @@ def train_lora(data_dir: str | Path, run_dir: str | Path, cfg: LoraTrainConfig |
     autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
 
     # --- run folder and data ------------------------------------------------------------
-    if main:
-        prepare_run(run_dir, cfg, data_dir, resume, world)
-    accelerator.wait_for_everyone()
     columns = (cfg.balance_by,) if cfg.balance_by else ()
     read_metadata(data_dir, split=cfg.split, text_column=cfg.text_column)  # bad dataset: fail before the model loads
+    is_new = check_run_dir(run_dir, cfg, data_dir, resume, world)  # every process fails alike
+    accelerator.wait_for_everyone()
+    if is_new and main:
+        create_run_dir(run_dir, cfg, data_dir, world)
+    accelerator.wait_for_everyone()
     base = load_base(cfg, device)
     resolution = base.resolution
     data = load_imagefolder(data_dir, resolution, split=cfg.split, text_column=cfg.text_column,
