@@ -5,8 +5,9 @@ For each synthetic image we find its nearest training image in two spaces:
 - pixels: images reduced to 64x64 and blurred (Gaussian, sigma 1 px, so sub-pixel shifts and
   detector noise matter little); distance = sqrt(2 (1 - r)) with r the Pearson correlation
   (the RMS difference of standardised images, so brightness and contrast do not count),
-  maximised over shifts of up to 2 px (3% of the width) so a slightly moved copy still counts as
-  a copy: the 10 nearest candidates by unshifted distance are re-scored with the shifts;
+  maximised over shifts of up to 1 px (1.6% of the width) in half-pixel steps so a slightly
+  moved copy still counts as a copy: the 10 nearest candidates by unshifted distance are re-scored
+  with the shifts;
 - features: cosine distance between extractor embeddings.
 
 Threshold calibration, per space: up to ``n_calibration`` training images are copied with small
@@ -35,7 +36,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 THUMB = 64
-SHIFT = 2
+SHIFT = 2  # window margin (px)
+MAX_SHIFT = 1  # largest shift searched (px, half-pixel steps); < SHIFT
 BLUR = 1.0
 CANDIDATES = 10
 
@@ -60,20 +62,38 @@ def _pixel_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(2 * (1 - corr), 0, None))
 
 
-def _crops(thumbs: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    img = thumbs.reshape(-1, THUMB, THUMB)[:, SHIFT + dy:THUMB - SHIFT + dy, SHIFT + dx:THUMB - SHIFT + dx]
-    img = img.reshape(len(thumbs), -1)
-    img = img - img.mean(1, keepdims=True)
-    return img / np.maximum(img.std(1, keepdims=True), 1e-6)
+def _crop(thumbs: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    """The centre window of each thumbnail moved by (dy, dx) pixels (half pixels interpolated),
+    standardised per row."""
+    img = thumbs.reshape(-1, THUMB, THUMB)
+    y0, x0 = int(np.floor(dy)), int(np.floor(dx))
+    fy, fx = dy - y0, dx - x0
+
+    def window(y: int, x: int) -> np.ndarray:
+        return img[:, SHIFT + y:THUMB - SHIFT + y, SHIFT + x:THUMB - SHIFT + x]
+
+    out = (1 - fy) * (1 - fx) * window(y0, x0)
+    if fy:
+        out = out + fy * (1 - fx) * window(y0 + 1, x0)
+    if fx:
+        out = out + (1 - fy) * fx * window(y0, x0 + 1)
+    if fy and fx:
+        out = out + fy * fx * window(y0 + 1, x0 + 1)
+    out = out.reshape(len(thumbs), -1)
+    out = out - out.mean(1, keepdims=True)
+    return out / np.maximum(out.std(1, keepdims=True), 1e-6)
 
 
 def aligned_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pixel distance of pairs (a[i], b[i]) of thumbnails, minimised over shifts of +-SHIFT px."""
-    centre = _crops(a, 0, 0)
-    best = np.full(len(a), -1.0)
-    for dy in range(-SHIFT, SHIFT + 1):
-        for dx in range(-SHIFT, SHIFT + 1):
-            best = np.maximum(best, (centre * _crops(b, dy, dx)).mean(1))
+    """Pixel distance of pairs (a[i], b[i]) of thumbnails, minimised over shifts of b of up to
+    MAX_SHIFT px in half-pixel steps (a copy moved by a fraction of a thumbnail pixel still
+    matches)."""
+    centre = _crop(a, 0, 0)
+    best = np.full(len(a), -1.0, dtype=np.float32)
+    steps = np.arange(-2 * MAX_SHIFT, 2 * MAX_SHIFT + 1) / 2
+    for dy in steps:
+        for dx in steps:
+            best = np.maximum(best, np.einsum("ij,ij->i", centre, _crop(b, dy, dx)) / centre.shape[1])
     return np.sqrt(np.clip(2 * (1 - best), 0, None))
 
 
