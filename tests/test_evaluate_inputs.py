@@ -15,7 +15,7 @@ from synthex.errors import OutputExistsError, SynthexError
 from synthex.evaluate import EvaluationOptions, evaluate
 from synthex.evaluate.data import load_image_set
 from synthex.evaluate.features import SynthexExtractor, cached_features
-from tests.evaluate_fixtures import make_folder
+from tests.evaluate_fixtures import make_folder, read_folder
 from tests.helpers_tiny import one_thread  # noqa: F401 (autouse fixture)
 
 
@@ -122,7 +122,8 @@ def test_full_run_refuses_to_overwrite_and_reuses_the_cache(folders, tmp_path):
         assert (tmp_path / "report" / name).is_file()
     numbers = json.loads(result.results_json.read_text())
     assert set(numbers["results"]) == {"fidelity", "diversity", "alignment", "privacy", "utility"}
-    assert numbers["results"]["privacy"]["n_flagged"] == 0
+    assert numbers["results"]["privacy"]["n_flagged"] == 0 and numbers["results"]["privacy"]["flagged_pairs"] == []
+    assert len(numbers["results"]["privacy"]["closest_pairs"]) == 8
     assert "data:image/png;base64," in result.report_html.read_text()
     first = ex.computed
     with pytest.raises(OutputExistsError, match="not empty"):
@@ -166,3 +167,14 @@ def test_xrv_extractor_loads_local_weights_and_refuses_pickles(tmp_path, monkeyp
     torch.save(FakeDenseNet(), tmp_path / "pickled.pt")
     with pytest.raises(SynthexError, match="does not unpickle"):
         make_extractor("xrv", weights=tmp_path / "pickled.pt")
+
+
+def test_copied_training_images_are_flagged_by_name(folders, tmp_path):
+    images, texts = read_folder(folders["real"])
+    synth = make_folder(tmp_path / "copies", 12, seed=0, images=images[:12], texts=texts[:12])
+    result = evaluate(EvaluationOptions(real=folders["real"], synthetic=synth, out=tmp_path / "report",
+                                        metrics=("privacy",), progress=False, privacy_calibration=40))
+    pairs = result.results["privacy"]["flagged_pairs"]
+    assert len(pairs) == 12
+    assert all(Path(p["synthetic"]).name == Path(p["train"]).name for p in pairs)
+    assert "images/0000.png" in result.report_md.read_text()

@@ -257,6 +257,11 @@ def _privacy_blocks(r: dict, out: Path, synth, train) -> list[Block]:
                                                "distinct training": cal["pixel"]["distinct"],
                                                "synthetic -> nearest train": r["pixel_dist"]},
                     "pixel distance to the nearest training image", "distance", cal["pixel"]["threshold"])
+    if r.get("flagged_pairs"):
+        shown = r["flagged_pairs"][:50]
+        blocks.append(Block("list", [f"`{p['synthetic']}` ~ `{p['train']}` (pixel distance {p['pixel_distance']:.4f})"
+                                     for p in shown] + ([f"... {len(r['flagged_pairs']) - 50} more in results.json"]
+                                                        if len(r["flagged_pairs"]) > 50 else [])))
     blocks += [Block("figure", fig, "pixel distances"),
                Block("figure", _fig_pairs(out, r["closest"], synth, train, cal["pixel"]["threshold"]),
                      "closest synthetic (top) / training (bottom) pairs; red = flagged")]

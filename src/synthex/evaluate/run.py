@@ -230,7 +230,7 @@ def evaluate(options: EvaluationOptions, *, extractors: dict[str, Any] | None = 
         elif metric == "privacy":
             results[metric] = _privacy(o, synth, train or real, feats["main"], extractors["main"],
                                        "train" if train is not None else "real")
-            results[metric]["train_set"] = str((train or real).folder)
+            _name_pairs(results[metric], synth, train or real)
         elif metric == "utility":
             results[metric] = _utility(o, real, synth)
         timings[metric] = time.perf_counter() - start
@@ -243,6 +243,17 @@ def evaluate(options: EvaluationOptions, *, extractors: dict[str, Any] | None = 
                "skipped": skipped, "extractors": {k: v for k, v in availability(o.extractor_weights).items()
                                                   if k != "synthex"}}
     return write_report(Path(o.out), results, context)
+
+
+def _name_pairs(privacy: dict, synth: ImageSet, train: ImageSet) -> None:
+    """File names for the flagged and the closest pairs (the report and results.json list them)."""
+    privacy["train_set"] = str(train.folder)
+    flagged = np.nonzero(privacy["flagged"])[0]
+    privacy["flagged_pairs"] = [{"synthetic": str(synth.files[i]), "train": str(train.files[privacy["pixel_nn"][i]]),
+                                 "pixel_distance": float(privacy["pixel_dist"][i])} for i in flagged]
+    privacy["closest_pairs"] = [{"synthetic": str(synth.files[i]), "train": str(train.files[j]),
+                                 "pixel_distance": dp, "feature_distance": dfeat}
+                                for i, j, dp, dfeat in privacy["closest"]]
 
 
 def _missing(metric: str, real: ImageSet, synth: ImageSet) -> str | None:
