@@ -178,3 +178,13 @@ def test_copied_training_images_are_flagged_by_name(folders, tmp_path):
     assert len(pairs) == 12
     assert all(Path(p["synthetic"]).name == Path(p["train"]).name for p in pairs)
     assert "images/0000.png" in result.report_md.read_text()
+
+
+def test_plain_folders_without_labels_skip_label_metrics_and_say_so(folders, tmp_path):
+    plain = copy(folders["synthetic"], tmp_path / "plain")
+    (plain / "metadata.csv").unlink()
+    result = evaluate(EvaluationOptions(real=folders["real"], synthetic=plain, out=tmp_path / "report",
+                                        metrics=("fidelity", "alignment", "utility"), progress=False, bootstrap=10))
+    assert set(result.skipped) == {"alignment", "utility"}
+    assert result.results["fidelity"]["per_finding_skipped"] == "no labels in one of the sets"
+    assert "**alignment not computed**" in result.report_md.read_text()
