@@ -11,6 +11,7 @@ paid once per run.
 
     python benchmarks/bench_lora.py                       # embedded model, 128 px, batch 8
     python benchmarks/bench_lora.py --batch 1 --accum 4   # the thesis' batch shape
+    python benchmarks/bench_lora.py --source-size 1024    # images stored larger than trained on
 """
 from __future__ import annotations
 
@@ -72,6 +73,8 @@ def main() -> None:
     parser.add_argument("--model", default="embedded", help="preset or diffusers folder (default embedded)")
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--source-size", type=int, default=None,
+                        help="side of the stored images (default: the training resolution, as after data prepare)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--accum", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20)
@@ -79,14 +82,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        data = make_data(Path(tmp) / "data", args.images, args.resolution)
+        data = make_data(Path(tmp) / "data", args.images, args.source_size or args.resolution)
         results: dict[bool, list[dict]] = {True: [], False: []}
         t0 = time.perf_counter()
         for rep in range(args.repeats):
             for cache in (False, True):
                 results[cache].append(run(args, data, Path(tmp) / f"run-{cache}-{rep}", cache))
         wall = time.perf_counter() - t0
-    print(f"LoRA training, model {args.model} at {args.resolution} px, batch {args.batch} x accumulation "
+    print(f"LoRA training, model {args.model} at {args.resolution} px from {args.source_size or args.resolution} px "
+          f"PNGs, batch {args.batch} x accumulation "
           f"{args.accum}, rank 8, 1 thread, median of {args.steps} timed steps, {args.repeats} interleaved runs "
           f"per path ({wall:.0f} s in all)")
     print(f"{'path':10s} {'s/step':>8s} {'steps/s':>8s} {'peak memory MB':>15s}")

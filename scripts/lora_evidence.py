@@ -4,6 +4,14 @@ For each LoRA and each finding prompt, generate N images at fixed seeds with the
 (the base model) and at scale 1, classify them with the shipped phantom classifier and print the
 detection rate (probability > threshold) with counts, next to the rate on a normal prompt.
 
+Two thresholds: the classifier's own 0.5 (calibrated on phantoms), and a threshold calibrated on
+the model's own output domain: the ``--quantile`` (default 95th percentile) of the finding's
+probability on base-model (LoRA scale 0) images of the normal prompt at other seeds (``--seed``
++ 100000 onwards). The second answers "does the prompted image score higher than the base
+model's normal images do", which stays meaningful when the generated texture shifts the
+classifier's outputs (the embedded model's images score low for cardiomegaly even when the
+heart is drawn large, and high for opacity everywhere).
+
     python scripts/lora_evidence.py --lora runs/lora/opacity/pytorch_lora_weights.safetensors --n 32
     python scripts/lora_evidence.py --lora A.safetensors --lora B.safetensors --findings all --n 32
 """
@@ -27,9 +35,10 @@ PROMPTS = {
 }
 
 
-def rates(engine, clf, model, lora, scale, prompt, args):
+def rates(engine, clf, model, lora, scale, prompt, args, seed=None):
     loras = [(str(lora), scale)] if lora else []
-    result = engine.generate(GenerationRequest(prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
+    seed = args.seed if seed is None else seed
+    result = engine.generate(GenerationRequest(prompt, steps=args.steps, guidance=args.guidance, seed=seed,
                                                n=args.n, model=model, loras=loras, batch_size=8))
     images = np.stack([np.asarray(im.convert("L")) for im in result.images])
     return predict_proba(clf, images)
@@ -45,6 +54,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=7.0)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--quantile", type=float, default=0.95)
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     findings = list(PROMPTS) if args.findings == "all" else args.findings.split(",")
@@ -52,20 +62,30 @@ def main() -> None:
     names = list(PHANTOM_LABELS)
     print(f"model {args.model}; {args.n} images per cell, seeds {args.seed}..{args.seed + args.n - 1}, "
           f"{args.steps} steps, CFG {args.guidance}, threshold {args.threshold}")
-    out = {}
+    calibration = rates(engine, clf, args.model, None, 0.0, NORMAL, args, seed=args.seed + 100000)
+    cal = {f: float(np.quantile(calibration[:, names.index(f)], args.quantile)) for f in findings}
+    print("calibrated thresholds (q%.2f of base-model normal-prompt images, seeds %d..): %s" % (
+        args.quantile, args.seed + 100000, ", ".join(f"{f} {t:.3f}" for f, t in cal.items())))
+    out = {"thresholds": {"fixed": args.threshold, "calibrated": cal}, "n": args.n}
     for lora in args.lora:
         print(f"\nLoRA {lora}")
-        print(f"{'finding':24s} {'scale':>5s} {'prompted':>14s} {'normal prompt':>14s} {'mean p prompted/normal':>24s}")
+        print(f"{'finding':24s} {'scale':>5s} {'prompted@0.5':>13s} {'normal@0.5':>11s} {'prompted@cal':>13s} "
+              f"{'normal@cal':>11s} {'mean p prompted/normal':>24s}")
         for scale in (0.0, 1.0):
             normal = rates(engine, clf, args.model, lora, scale, NORMAL, args)
             for finding in findings:
                 k = names.index(finding)
                 probs = rates(engine, clf, args.model, lora, scale, PROMPTS[finding], args)
-                hit, base = int((probs[:, k] > args.threshold).sum()), int((normal[:, k] > args.threshold).sum())
-                print(f"{finding:24s} {scale:>5.1f} {hit:>5d}/{args.n} ({hit / args.n:4.0%}) {base:>5d}/{args.n} "
-                      f"({base / args.n:4.0%}) {probs[:, k].mean():>12.2f} / {normal[:, k].mean():.2f}")
+                cells = {}
+                for label, t in (("fixed", args.threshold), ("calibrated", cal[finding])):
+                    cells[label] = (int((probs[:, k] > t).sum()), int((normal[:, k] > t).sum()))
+                (h, b), (hc, bc) = cells["fixed"], cells["calibrated"]
+                print(f"{finding:24s} {scale:>5.1f} {h:>6d}/{args.n:<3d}{h / args.n:4.0%} {b:>4d}/{args.n:<3d}{b / args.n:4.0%} "
+                      f"{hc:>6d}/{args.n:<3d}{hc / args.n:4.0%} {bc:>4d}/{args.n:<3d}{bc / args.n:4.0%} "
+                      f"{probs[:, k].mean():>12.2f} / {normal[:, k].mean():.2f}")
                 out.setdefault(str(lora), {}).setdefault(finding, {})[str(scale)] = {
-                    "prompted_hits": hit, "normal_hits": base, "n": args.n,
+                    "prompted_hits": h, "normal_hits": b, "prompted_hits_calibrated": hc,
+                    "normal_hits_calibrated": bc, "n": args.n,
                     "mean_p_prompted": float(probs[:, k].mean()), "mean_p_normal": float(normal[:, k].mean())}
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
