@@ -105,8 +105,32 @@ def test_alpha_is_folded_into_the_up_weights():
         if "lora_B" in name:
             p.data.fill_(1.0)
     state = lora_state_dicts({"unet": model}, LoraTrainConfig(rank=4, alpha=8, target_modules=["to_q"]))["unet"]
-    ups = [v for k, v in state.items() if ".lora.up." in k or "lora_B" in k]
+    ups = [v for k, v in state.items() if "lora_B" in k]
     assert ups and all(torch.all(v == 2.0) for v in ups)  # alpha / rank = 2
+
+
+@pytest.mark.parametrize("kind", ["sd-l", "sdxl"])
+def test_every_trained_weight_is_loaded_back(tmp_path, dataset, kind):
+    """Extra targets (proj_in, feed-forward) and text-encoder LoRA: nothing is dropped on load."""
+    from peft.utils import get_peft_model_state_dict
+
+    from synthex.models.registry import LoraSpec
+
+    targets = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.2"]
+    result = train_lora(dataset, tmp_path / "run", config(kind, train_text_encoder=True, target_modules=targets),
+                        progress=False)
+    saved = load_file(str(result.lora_file))
+    registry = ModelRegistry()
+    loaded = registry.load(registry.resolve(str(tiny_model_dir(kind))))
+    registry.apply_loras(loaded, [LoraSpec("x", result.lora_file, 1.0)])
+    components = ["unet", "text_encoder"] + (["text_encoder_2"] if kind == "sdxl" else [])
+    for component in components:
+        state = get_peft_model_state_dict(getattr(loaded.pipe, component), adapter_name="x")
+        mine = {k[len(component) + 1:]: v for k, v in saved.items() if k.startswith(component + ".")}
+        assert len(state) == len(mine) > 0, component
+        for key, value in mine.items():
+            torch.testing.assert_close(state[key.replace(".weight", ".weight")], value)
+    assert any("proj_in" in k for k in saved) and any("ff.net.2" in k for k in saved)
 
 
 @pytest.mark.parametrize("kind", ["sd-l", "sdxl"])

@@ -391,17 +391,21 @@ def lora_parameters(modules: dict[str, Any]) -> dict[str, Any]:
 
 
 def lora_state_dicts(modules: dict[str, Any], cfg: LoraTrainConfig) -> dict[str, dict]:
-    """diffusers-format LoRA state dicts per module, with alpha/rank folded into the up weights."""
-    from diffusers.utils import convert_state_dict_to_diffusers
+    """LoRA state dicts per module in peft naming (``<layer>.lora_A.weight`` / ``lora_B``), with
+    alpha/rank folded into the B (up) weights.
+
+    The peft naming is kept for every layer: diffusers' older ``lora.down``/``lora.up`` naming
+    only covers attention projections, and a file mixing both namings (e.g. with ``proj_in``
+    or feed-forward targets) silently loses its attention weights on load.
+    """
     from peft.utils import get_peft_model_state_dict
 
     out = {}
     for name, module in modules.items():
         rank = cfg.rank if name == "unet" else (cfg.text_encoder_rank or cfg.rank)
         alpha = cfg.lora_alpha if name == "unet" else rank * cfg.lora_alpha / cfg.rank
-        state = {k: (v * (alpha / rank) if "lora_B" in k else v).detach().float().cpu().contiguous()
-                 for k, v in get_peft_model_state_dict(module).items()}
-        out[name] = convert_state_dict_to_diffusers(state)
+        out[name] = {k: (v * (alpha / rank) if "lora_B" in k else v).detach().float().cpu().contiguous()
+                     for k, v in get_peft_model_state_dict(module).items()}
     return out
 
 
