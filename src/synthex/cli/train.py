@@ -67,6 +67,7 @@ def lora(
     trigger: str = typer.Option(None, "--trigger", help="Trigger phrase recorded in the LoRA (default: the dataset preset's)."),
     rank: int = typer.Option(None, "--rank", help="LoRA rank (default 8)."),
     alpha: float = typer.Option(None, "--alpha", help="LoRA alpha (default = rank; scale = alpha / rank)."),
+    targets: str = typer.Option(None, "--target-modules", help="Comma list of UNet layers to adapt (default to_q,to_k,to_v,to_out.0; e.g. add proj_in,proj_out,ff.net.0.proj,ff.net.2)."),
     train_text_encoder: bool = typer.Option(None, "--train-text-encoder/--no-train-text-encoder", help="Also add LoRA to the text encoder(s)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Images per process per micro-batch (default 1)."),
     grad_accum: int = typer.Option(None, "--gradient-accumulation", help="Micro-batches per optimizer step (default 4)."),
@@ -102,7 +103,8 @@ def lora(
 
     overrides = {
         "model": model, "vae": vae, "resolution": resolution, "crop": crop, "trigger": trigger, "rank": rank,
-        "alpha": alpha, "train_text_encoder": train_text_encoder, "batch_size": batch_size,
+        "alpha": alpha, "target_modules": [t.strip() for t in targets.split(",") if t.strip()] if targets else None,
+        "train_text_encoder": train_text_encoder, "batch_size": batch_size,
         "gradient_accumulation": grad_accum, "learning_rate": lr, "lr_scheduler": lr_scheduler,
         "warmup_steps": warmup, "max_steps": max_steps, "epochs": epochs, "mixed_precision": mixed_precision,
         "use_8bit_adam": adam8bit, "gradient_checkpointing": checkpointing, "seed": seed,
