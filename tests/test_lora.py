@@ -145,6 +145,16 @@ def test_kohya_export_gives_the_same_images(tmp_path, dataset, kind):
         export_kohya(result.lora_file, result.kohya_file)
 
 
+def test_bf16_mixed_precision_keeps_lora_weights_in_float32(tmp_path, dataset):
+    result = train_lora(dataset, tmp_path / "run", config("sd-l", mixed_precision="bf16", max_steps=2),
+                        progress=False)
+    with (tmp_path / "run" / "training_log.csv").open() as fh:
+        assert all(np.isfinite(float(r["loss"])) for r in csv.DictReader(fh))
+    tensors = load_file(str(result.lora_file))
+    assert {v.dtype for v in tensors.values()} == {torch.float32}
+    assert (tmp_path / "run" / "validation.png").is_file()
+
+
 # ------------------------------------------------------------------------------- resume, caches
 def test_killed_run_resumes_to_the_same_weights(tmp_path, dataset):
     cfg = config(max_steps=5, checkpoint_every=2, caption_dropout=0.3, min_snr_gamma=5.0, ema_decay=0.9,

@@ -294,6 +294,7 @@ class BaseModel:
     family: str                 # sd | sdxl
     noise_scheduler: Any
     resolution: int
+    weight_dtype: Any = None    # half precision of the frozen UNet / text encoders, if any
 
     @property
     def pipe(self):
@@ -741,12 +742,17 @@ def train_lora(data_dir: str | Path, run_dir: str | Path, cfg: LoraTrainConfig |
     cfg = cfg or LoraTrainConfig()
     cfg.validate()
     data_dir, run_dir = Path(data_dir), Path(run_dir)
-    accelerator = Accelerator(mixed_precision="no", gradient_accumulation_steps=1)
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise LoraTrainingError("mixed_precision fp16 needs a CUDA GPU; on CPU use bf16 or no")
+    # Mixed precision as in diffusers' scripts: frozen UNet / text encoders in half precision,
+    # LoRA weights in float32, forward under autocast, fp16 gradients scaled by accelerate.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # a process-wide singleton: let each run pick its precision
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=1)
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     main = accelerator.is_main_process
-    if cfg.mixed_precision == "fp16" and device.type != "cuda":
-        raise LoraTrainingError("mixed_precision fp16 needs a CUDA GPU; on CPU use bf16 or no")
-    autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
 
     # --- run folder and data ------------------------------------------------------------
     columns = (cfg.balance_by,) if cfg.balance_by else ()
@@ -786,6 +792,10 @@ def train_lora(data_dir: str | Path, run_dir: str | Path, cfg: LoraTrainConfig |
         accelerator.wait_for_everyone()
 
     data.images = None  # pixels are not needed any more: latents are cached or read per step
+    if weight_dtype != torch.float32:  # the VAE stays float32 (it encodes once, or per step uncached)
+        for module in (base.pipe.unet, *base.text_encoders):
+            module.to(dtype=weight_dtype)
+        base.weight_dtype = weight_dtype
 
     # --- adapters, optimizer -------------------------------------------------------------
     torch.manual_seed(derived_seed(cfg.seed, "lora-init"))
@@ -875,10 +885,11 @@ def train_lora(data_dir: str | Path, run_dir: str | Path, cfg: LoraTrainConfig |
         kwargs = {}
         if base.family == "sdxl":
             time_ids = torch.cat([sizes[indices][:, :4], torch.full((n, 2), float(resolution))], dim=1)
-            kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids.to(device)}
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(weight_dtype),
+                                           "time_ids": time_ids.to(device, weight_dtype)}
         noisy = sched.add_noise(x0, noise, t)
-        with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
-            pred = wrapped["unet"](noisy, t, hidden, **kwargs).sample
+        with accelerator.autocast():
+            pred = wrapped["unet"](noisy.to(weight_dtype), t, hidden.to(weight_dtype), **kwargs).sample
         target = sched.get_velocity(x0, noise, t) if predict_v else noise
         per = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
         return (per * min_snr_weights(sched, t.cpu(), cfg.min_snr_gamma, sched.config.prediction_type).to(device)).mean()
@@ -1023,8 +1034,10 @@ def validation_grid(base: BaseModel, cfg: LoraTrainConfig, prompts: list[str], p
     original = pipe.scheduler
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(original.config)
     rows = []
+    half = base.weight_dtype is not None and base.weight_dtype != torch.float32
+    autocast = torch.autocast(base.loaded.device.type, dtype=base.weight_dtype) if half else contextlib.nullcontext()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             for prompt in prompts:
                 gens = [torch.Generator().manual_seed(s) for s in cfg.validation_seeds]
                 rows.append(pipe([prompt] * len(gens), num_inference_steps=cfg.validation_steps,
