@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from synthex.errors import DataSourceError, OutputExistsError
+from synthex.errors import DataSourceError, OutputExistsError, SynthexError
 from synthex.generate.engine import Engine, GenerationRequest
 from synthex.models.registry import LoraError, ModelRegistry
 from synthex.phantom.render import render_phantom
@@ -140,9 +140,13 @@ def test_kohya_export_gives_the_same_images(tmp_path, dataset, kind):
     assert all(k.startswith(("lora_unet_", "lora_te")) for k in kohya)
     assert any(k.endswith(".alpha") for k in kohya) and any(k.endswith(".lora_up.weight") for k in kohya)
     model = str(tiny_model_dir(kind))
-    np.testing.assert_allclose(generate(model, result.kohya_file), generate(model, result.lora_file), atol=1.0)
+    with_kohya = generate(model, result.kohya_file)
+    np.testing.assert_allclose(with_kohya, generate(model, result.lora_file), atol=1.0)
+    assert np.abs(with_kohya - generate(model, None)).max() > 5.0  # the kohya copy is not ignored
     with pytest.raises(OutputExistsError):
         export_kohya(result.lora_file, result.kohya_file)
+    with pytest.raises(SynthexError, match="does not exist"):
+        export_kohya(tmp_path / "missing.safetensors", tmp_path / "out.safetensors")
 
 
 def test_bf16_mixed_precision_keeps_lora_weights_in_float32(tmp_path, dataset):
@@ -220,6 +224,7 @@ def test_register_adds_a_model_preset(tmp_path, dataset):
     image = np.asarray(Engine(registry).generate(GenerationRequest(
         prompt="Chest x-ray. Lung opacity.", steps=2, seed=3, model="my-opacity", width=64, height=64)).images[0])
     np.testing.assert_allclose(image, generate(str(tiny_model_dir("sd-l")), result.lora_file), atol=1.0)
+    assert np.abs(image - generate(str(tiny_model_dir("sd-l")), None)).max() > 5.0  # the preset applies it
     with pytest.raises(Exception, match="packaged preset"):
         train_lora(dataset, tmp_path / "run2", config(register="embedded"), progress=False)
 

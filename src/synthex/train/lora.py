@@ -57,6 +57,7 @@ from synthex.train.scratch import (
     _save_tensors,
     _write_text,
     caption_dropout_mask,
+    check_run_folder,
     derived_seed,
     image_grid,
     load_optimizer,
@@ -644,27 +645,10 @@ class StepInfo:
 
 def check_run_dir(run_dir: Path, cfg: LoraTrainConfig, data_dir: Path, resume: bool, world: int) -> bool:
     """Read-only checks (every process runs them); True when the run is new."""
-    import yaml
-
-    from synthex.train.data import metadata_fingerprint
-
-    saved = run_dir / "config.yaml"
-    if not saved.exists():
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise OutputExistsError(f"{run_dir} is not empty and holds no LoRA run; choose an empty --out folder")
+    state = check_run_folder(run_dir, cfg.to_dict(), config_differences, data_dir, resume, kind="LoRA run",
+                             error=LoraTrainingError)
+    if state is None:
         return True
-    if not resume:
-        raise OutputExistsError(f"{run_dir} already holds a LoRA run; pass --resume to continue it "
-                                "or choose another --out folder")
-    diffs = config_differences(yaml.safe_load(saved.read_text(encoding="utf-8")), cfg.to_dict())
-    if diffs:
-        raise LoraTrainingError(f"cannot resume {run_dir} with a different configuration ({'; '.join(diffs)}); "
-                                "resume with the same options or start a new --out folder")
-    state = json.loads((run_dir / "state.json").read_text(encoding="utf-8"))
-    fingerprint = metadata_fingerprint(data_dir)
-    if state.get("data_sha256") not in (None, fingerprint):
-        raise LoraTrainingError(f"cannot resume {run_dir}: {data_dir}/metadata.csv differs from the dataset "
-                                "the run started with; use the same dataset or a new --out folder")
     if state.get("world_size", world) != world:
         raise LoraTrainingError(f"cannot resume {run_dir} with {world} process(es): it started with "
                                 f"{state['world_size']} (the batch of each step depends on it)")

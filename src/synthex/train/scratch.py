@@ -794,6 +794,37 @@ def _folder_mb(folder: Path) -> float:
 # =============================================================================================
 # 6. Entry point
 # =============================================================================================
+def check_run_folder(run_dir: Path, config: dict, differences: Callable[[dict, dict], list[str]],
+                     data_dir: Path, resume: bool, *, kind: str = "training run",
+                     error: type[SynthexError] = SynthexError) -> dict | None:
+    """Read-only checks shared by the trainers: None for a new run (folder absent or empty),
+    the saved ``state.json`` for a valid resume; otherwise one clear error (an existing run
+    without ``resume``, a foreign non-empty folder, other weight-changing options, another
+    dataset)."""
+    import yaml
+
+    from synthex.train.data import metadata_fingerprint
+
+    run_dir, saved = Path(run_dir), Path(run_dir) / "config.yaml"
+    if not saved.exists():
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise OutputExistsError(f"{run_dir} is not empty and holds no {kind}; choose an empty --out folder")
+        return None
+    if not resume:
+        raise OutputExistsError(f"{run_dir} already holds a {kind}; pass --resume to continue it "
+                                "or choose another --out folder")
+    diffs = differences(yaml.safe_load(saved.read_text(encoding="utf-8")), config)
+    if diffs:
+        raise error(f"cannot resume {run_dir} with a different configuration ({'; '.join(diffs)}); "
+                    "resume with the same options or start a new --out folder")
+    state = json.loads((run_dir / "state.json").read_text(encoding="utf-8"))
+    fingerprint = metadata_fingerprint(data_dir) if (Path(data_dir) / "metadata.csv").is_file() else None
+    if fingerprint and state.get("data_sha256") not in (None, fingerprint):
+        raise error(f"cannot resume {run_dir}: {data_dir}/metadata.csv differs from the dataset "
+                    "the run started with; use the same dataset or a new --out folder")
+    return state
+
+
 def prepare_run_dir(run_dir: Path, cfg: ScratchConfig, data_dir: Path, resume: bool) -> None:
     """Create the run folder or check that a resume matches it (config and dataset)."""
     import yaml
@@ -801,25 +832,11 @@ def prepare_run_dir(run_dir: Path, cfg: ScratchConfig, data_dir: Path, resume: b
     from synthex.train.data import metadata_fingerprint
 
     run_dir = Path(run_dir)
-    saved = run_dir / "config.yaml"
-    fingerprint = metadata_fingerprint(data_dir) if (Path(data_dir) / "metadata.csv").is_file() else None
-    if saved.exists():
-        if not resume:
-            raise OutputExistsError(f"{run_dir} already holds a training run; pass --resume to continue "
-                                    "it or choose another --out folder")
-        diffs = config_differences(yaml.safe_load(saved.read_text(encoding="utf-8")), cfg.to_dict())
-        if diffs:
-            raise SynthexError(f"cannot resume {run_dir} with a different config ({'; '.join(diffs)}); "
-                               "resume with the same options or start a new --out folder")
-        state = json.loads((run_dir / "state.json").read_text(encoding="utf-8"))
-        if fingerprint and state.get("data_sha256") not in (None, fingerprint):
-            raise SynthexError(f"cannot resume {run_dir}: {data_dir}/metadata.csv differs from the dataset "
-                               "the run started with; use the same dataset or a new --out folder")
+    if check_run_folder(run_dir, cfg.to_dict(), config_differences, data_dir, resume) is not None:
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise OutputExistsError(f"{run_dir} is not empty and holds no training run; choose an empty --out folder")
+    fingerprint = metadata_fingerprint(data_dir) if (Path(data_dir) / "metadata.csv").is_file() else None
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_text(saved, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    _write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     _write_text(run_dir / "state.json", json.dumps({"done": [], "data_sha256": fingerprint}, indent=1))
 
 
