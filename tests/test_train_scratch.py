@@ -222,8 +222,10 @@ def test_interrupted_runs_resume_exactly(tmp_path, dataset):
 def test_resume_with_another_config_is_refused(tmp_path, dataset):
     with pytest.raises(_Stop):
         train_base(dataset, tmp_path / "run", tiny_config(), progress=False, callback=_stop_at("vae", 1))
-    with pytest.raises(SynthexError, match=r"unet.max_steps: 5 -> 6"):
-        train_base(dataset, tmp_path / "run", tiny_config(**{"unet.max_steps": 6}), resume=True, progress=False)
+    with pytest.raises(SynthexError, match=r"unet.max_steps: 5 -> 4 \(a budget can be raised"):
+        train_base(dataset, tmp_path / "run", tiny_config(**{"unet.max_steps": 4}), resume=True, progress=False)
+    with pytest.raises(SynthexError, match=r"unet.lr: 0.0005 -> 0.001"):
+        train_base(dataset, tmp_path / "run", tiny_config(**{"unet.lr": 1e-3}), resume=True, progress=False)
     with pytest.raises(OutputExistsError, match="--resume"):
         train_base(dataset, tmp_path / "run", tiny_config(), progress=False)
     # validation settings and checkpoint frequency do not change the weights: allowed

@@ -81,6 +81,39 @@ def build(
     typer.echo("findings drawn: " + ", ".join(f"{k} {v}" for k, v in report.finding_counts.items()))
 
 
+@app.command("caption-set")
+def caption_set(
+    out: Path = typer.Option(..., "--out", "-o", help="Output imagefolder (metadata.csv + images/)."),
+    n: int = typer.Option(8000, "--n", help="Random phantoms with balanced findings."),
+    size: int = typer.Option(128, "--size", help="Image side in pixels (rendered at 2x, Lanczos-downsampled)."),
+    seed: int = typer.Option(0, "--seed", "-s", help="Seed of the finding draws, patients and phrasings."),
+    iu: Path = typer.Option(None, "--iu", help="Also add the train split of this 'synthex data prepare' folder "
+                            "of the phantom IU X-ray set, its reports filtered to what each phantom shows."),
+    p_normal: float = typer.Option(0.12, "--p-normal", help="Share of normal random phantoms."),
+    workers: int = typer.Option(2, "--workers", help="Rendering processes."),
+) -> None:
+    """Training images whose captions say exactly what was drawn (several phrasings each)."""
+    from tqdm.auto import tqdm
+
+    from synthex.phantom.caption_set import CaptionSetOptions, build_caption_set
+
+    bar = tqdm(desc="rendering", unit="img")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    summary = build_caption_set(CaptionSetOptions(out, n, size, seed, iu, p_normal, workers), progress)
+    bar.close()
+    f = summary["iu_report_filter"]
+    typer.echo(f"wrote {out}: {summary['n_images']} images ({summary['n_random']} random, {summary['n_iu']} IU, "
+               f"{summary['n_normal']} normal)")
+    if summary["n_iu"]:
+        typer.echo(f"IU reports: {f['reports']}; sentences kept {f['kept']}, dropped {f['dropped']} "
+                   f"(name a finding the phantom does not show), neutral {f['unreadable']}")
+    typer.echo("label counts: " + ", ".join(f"{k} {v}" for k, v in summary["label_counts"].items()))
+
+
 @app.command()
 def classifier(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for model.safetensors + config.json."),

@@ -25,7 +25,10 @@ def base(
     batch_size_vae: int = typer.Option(None, "--batch-size-vae", help="VAE-stage batch size."),
     seed: int = typer.Option(None, "--seed", help="Seed of initialisation, batches and noise (default 42)."),
     split: str = typer.Option(None, "--split", help="metadata.csv split to train on (default 'train')."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    init_from: str = typer.Option(None, "--init-from", help="Warm start: 'embedded' (the shipped model) or a "
+                                  "pipeline/ folder of an earlier run (same arch); its tokenizer and VAE are kept."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint "
+                                "(a larger --max-steps-unet extends a finished run)."),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -36,6 +39,7 @@ def base(
     overrides = {
         "vae.max_steps": max_steps_vae, "unet.max_steps": max_steps_unet, "resolution": resolution,
         "unet.batch_size": batch_size, "vae.batch_size": batch_size_vae, "seed": seed, "split": split,
+        "init_from": init_from,
     }
     cfg = load_config(config, overrides)
     if dry_run:

@@ -64,7 +64,8 @@ _SPECS = (
     FindingSpec("cardiomegaly", "heart", "enlarged cardiac silhouette; CTR set by severity",
                 ("enlarged heart", "heart enlarged", "heart is enlarged", "cardiac enlargement",
                  "enlarged cardiac silhouette", "cardiac silhouette is enlarged", "enlarged heart size",
-                 "heart size is enlarged", "large heart", "cardiomegalies"),
+                 "heart size is enlarged", "large heart", "cardiomegalies", "enlargement of the cardiac silhouette",
+                 "enlarged cardiac contour", "cardiac contour is enlarged", "heart is large"),
                 graded=True, extra={"ctr": (0.3, 0.85)}),
     FindingSpec("pleural_effusion", "effusion", "basal fluid with a meniscus, blunted costophrenic angle",
                 ("pleural effusion", "pleural effusions", "effusion", "effusions", "pleural fluid",
@@ -335,7 +336,12 @@ def as_findings(value: str | Finding | Mapping | Iterable[str | Finding | Mappin
 _CLAUSE_SPLIT = re.compile(r"[,;.:\n]+|\b(?:and|with|plus|also)\b")
 _PLAIN_SIDES = re.compile(r"\b(?:right|left|bilateral|bilaterally|both|rt|lt|bilat)\b")
 _NEGATION = re.compile(r"\b(?:no|not|without|negative for|free of|resolved|resolution of|absence of|removed)\b")
+# Grading adverbs between the words of a finding phrase ("the heart is mildly enlarged"): removed
+# before the phrase is matched; the grade itself is still read from the clause.
+_ADVERBS = re.compile(r"\b(?:mildly|minimally|slightly|moderately|markedly|severely|significantly|"
+                      r"substantially|massively|extensively|greatly|borderline)\b")
 _FILLER = frozenset(
+    "convex convexity thoracic spine sided lead leads heart place tip cavoatrial junction "
     "a an the of in at on to is are was were be there seen noted present evidence suggestive consistent "
     "suspicious for possible probable likely new acute chronic stable unchanged old again zone zones lung "
     "lungs field fields lobe lobes side sided hemithorax region chest x ray xray radiograph radiography cxr "
@@ -389,7 +395,7 @@ def parse_findings(text: str) -> list[Finding]:
 
 def _clause_findings(clause: str) -> list[str] | None:
     """Canonical names named (and not negated) in a clause; None when it holds only modifiers."""
-    bare = re.sub(r"\s+", " ", _PLAIN_SIDES.sub(" ", clause)).strip()
+    bare = re.sub(r"\s+", " ", _ADVERBS.sub(" ", _PLAIN_SIDES.sub(" ", clause))).strip()
     matches = list(_patterns()["finding"].finditer(bare))
     if not matches:
         rest = [w for w in re.findall(r"[a-z0-9]+", clause) if w not in _FILLER]

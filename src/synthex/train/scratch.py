@@ -53,6 +53,8 @@ LOG_COLUMNS = ("step", "stage", "loss", "lr", "seconds", "images_per_s")
 RUNTIME_KEYS = {"data_workers", "keep_checkpoints", "vae.checkpoint_every", "unet.checkpoint_every",
                 "unet.validate_every"}
 RUNTIME_PREFIXES = ("validation.",)
+# Budgets that a resume may raise (never lower): the run continues to the new number of steps.
+EXTENDABLE_KEYS = ("vae.max_steps", "unet.max_steps")
 
 
 # =============================================================================================
@@ -115,6 +117,9 @@ class ScratchConfig:
     seed: int = 42
     split: str | None = "train"
     text_column: str = "text"
+    caption_columns: list[str] = field(default_factory=list)  # alternative captions, one drawn per step
+    init_from: str | None = None  # a diffusers folder of the same architecture (or "embedded") to start from
+    train_vae: bool = False  # with init_from: also fine-tune its VAE (otherwise it is kept as it is)
     vocab_size: int = 3000
     arch: EmbeddedArch = field(default_factory=EmbeddedArch)
     vae: VaeStage = field(default_factory=VaeStage)
@@ -202,7 +207,15 @@ def config_differences(old: dict, new: dict) -> list[str]:
     """``"key: old -> new"`` for every result-changing key that differs."""
     a, b = _flatten(old), _flatten(new)
     keys = sorted(k for k in set(a) | set(b) if k not in RUNTIME_KEYS and not k.startswith(RUNTIME_PREFIXES))
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    out = []
+    for k in keys:
+        if a.get(k) == b.get(k):
+            continue
+        if k in EXTENDABLE_KEYS and isinstance(a.get(k), int) and isinstance(b.get(k), int) and b[k] > a[k]:
+            continue  # a larger budget: the run is extended, see extend_budget
+        suffix = " (a budget can be raised on resume, not lowered)" if k in EXTENDABLE_KEYS else ""
+        out.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}{suffix}")
+    return out
 
 
 # =============================================================================================
@@ -533,6 +546,7 @@ class _Run:
         self.state.setdefault("done", [])
         self.torch = torch
         self.data = self.tokenizer = self.components = self.latents = None
+        self.alternatives: list[list[str]] = []
 
     def done(self, stage: str) -> bool:
         return stage in self.state["done"]
@@ -543,11 +557,47 @@ class _Run:
         _write_text(self.dir / "state.json", json.dumps(self.state, indent=1))
 
     def build(self) -> dict[str, Any]:
-        """Freshly initialised components (same init every time: seeded by the run's seed)."""
+        """Freshly initialised components (same init every time: seeded by the run's seed), or
+        the weights of ``init_from`` (a warm start)."""
         from synthex.models.embedded import build_components
 
         gen = self.torch.Generator().manual_seed(derived_seed(self.cfg.seed, "init"))
-        return build_components(self.configs, self.tokenizer, gen)
+        components = build_components(self.configs, self.tokenizer, gen)
+        if self.cfg.init_from:
+            folder = init_folder(self.cfg.init_from)
+            for name, sub in (("vae", "vae"), ("unet", "unet"), ("text_encoder", "text_encoder")):
+                _load_pretrained_into(components[name], folder / sub, name, folder)
+        return components
+
+
+def init_folder(value: str) -> Path:
+    """The diffusers folder named by ``init_from``: "embedded" (the shipped model) or a path."""
+    if value == "embedded":
+        from synthex.models.embedded import EMBEDDED_DIR
+
+        return Path(EMBEDDED_DIR)
+    folder = Path(value)
+    if not (folder / "model_index.json").is_file():
+        raise SynthexError(f"init_from {value!r} is not a diffusers pipeline folder (no model_index.json); "
+                           "pass 'embedded' or the pipeline/ folder of an earlier 'synthex train base' run")
+    return folder
+
+
+def _load_pretrained_into(module, sub: Path, name: str, folder: Path) -> None:
+    """Copy the safetensors weights in ``sub`` into ``module``; a shape mismatch is an error."""
+    from safetensors.torch import load_file
+
+    files = sorted(sub.glob("*.safetensors"))
+    if not files:
+        raise SynthexError(f"init_from {folder}: {sub} has no .safetensors weights")
+    state = load_file(str(files[0]))
+    own = module.state_dict()
+    wrong = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    if wrong:
+        raise SynthexError(f"init_from {folder}: the {name} weights do not fit the configured architecture "
+                           f"({len(wrong)} tensors missing or of another shape, first {wrong[0]!r}); use the "
+                           "same arch: settings as the model you start from")
+    module.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=True)
 
 
 def stage_data(run: _Run) -> None:
@@ -562,15 +612,20 @@ def stage_data(run: _Run) -> None:
         meta = json.loads((cache / "captions.json").read_text(encoding="utf-8"))
         run.data = ImageTextData(images, meta["captions"], meta["file_names"],
                                  [Reject(**r) for r in meta["rejects"]])
+        run.alternatives = meta.get("alternatives") or [meta["captions"]]
         return
     cfg = run.cfg
     data = load_imagefolder(run.data_dir, cfg.resolution, split=cfg.split, text_column=cfg.text_column,
-                            workers=cfg.data_workers, progress=run.ctx.progress)
+                            workers=cfg.data_workers, progress=run.ctx.progress,
+                            columns=tuple(cfg.caption_columns))
+    # an empty alternative falls back to the main caption (never an accidental unconditional sample)
+    run.alternatives = [data.captions] + [[alt.strip() or main for alt, main in zip(data.columns[c], data.captions)]
+                                          for c in cfg.caption_columns]
     cache.mkdir(parents=True, exist_ok=True)
     save_rejects(data.rejects, run.dir / "rejects.csv")
     _save_tensors({"images": data.images}, cache / "images.safetensors")
     meta = {"captions": data.captions, "file_names": data.file_names,
-            "rejects": [dataclasses.asdict(r) for r in data.rejects]}
+            "rejects": [dataclasses.asdict(r) for r in data.rejects], "alternatives": run.alternatives}
     _write_text(cache / "captions.json", json.dumps(meta))
     run.data = data
     run.mark_done("data", n_images=len(data), n_rejects=len(data.rejects))
@@ -582,7 +637,10 @@ def stage_tokenizer(run: _Run) -> None:
 
     folder = run.dir / "tokenizer"
     if not run.done("tokenizer"):
-        tok = train_tokenizer(run.data.captions, run.cfg.vocab_size)
+        if run.cfg.init_from:  # a warm start keeps the vocabulary its text encoder was trained with
+            tok = load_tokenizer(init_folder(run.cfg.init_from) / "tokenizer")
+        else:
+            tok = train_tokenizer([c for alts in run.alternatives for c in alts], run.cfg.vocab_size)
         shutil.rmtree(folder, ignore_errors=True)
         save_tokenizer(tok, folder)
         run.mark_done("tokenizer", vocab_size=len(tok))
@@ -597,6 +655,13 @@ def stage_vae(run: _Run) -> None:
     if run.done("vae"):
         _load_module(vae, folder / "vae.safetensors")
         vae.eval()
+        return
+    if run.cfg.init_from and not run.cfg.train_vae:  # warm start: keep its autoencoder as it is
+        vae.eval()
+        folder.mkdir(parents=True, exist_ok=True)
+        _save_tensors(vae.state_dict(), folder / "vae.safetensors")
+        _save_reconstructions(run, vae)
+        run.mark_done("vae", vae_from=str(run.cfg.init_from))
         return
     s, data = run.cfg.vae, run.data
 
@@ -657,6 +722,9 @@ def stage_latents(run: _Run, batch_size: int = 64) -> None:
         gen = torch.Generator().manual_seed(derived_seed(run.cfg.seed, "scaling"))
         sample = mean + std * torch.randn(mean.shape, generator=gen)
         scaling = float(1.0 / sample.std())
+        if run.cfg.init_from and not run.cfg.train_vae:  # the warm-started UNet learnt this latent scale
+            vae_config = json.loads((init_folder(run.cfg.init_from) / "vae" / "config.json").read_text())
+            scaling = float(vae_config.get("scaling_factor", scaling))
         _save_tensors({"mean": mean, "std": std}, path, {"scaling_factor": repr(scaling)})
         run.mark_done("latents", scaling_factor=scaling)
         logger.info("latents: %s cached, scaling factor %.4f", tuple(mean.shape), scaling)
@@ -673,7 +741,8 @@ def stage_unet(run: _Run) -> dict[str, Any]:
 
     torch, s, c = run.torch, run.cfg.unet, run.components
     unet, text_encoder, scheduler = c["unet"], c["text_encoder"], c["scheduler"]
-    ids_all = tokenize(run.tokenizer, run.data.captions)
+    alternatives = run.alternatives or [run.data.captions]
+    ids_all = torch.stack([tokenize(run.tokenizer, alts) for alts in alternatives], dim=1)  # (N, K, 77)
     empty = tokenize(run.tokenizer, [""])[0]
     scale = run.components["vae"].config.scaling_factor
     mean, std = run.latents["mean"], run.latents["std"]
@@ -685,7 +754,10 @@ def stage_unet(run: _Run) -> dict[str, Any]:
         if s.noise_offset:
             noise = noise + s.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(indices),), generator=gen)
-        ids = ids_all[indices].clone()
+        if ids_all.shape[1] > 1:  # one of the caption alternatives per sample
+            ids = ids_all[indices, torch.randint(0, ids_all.shape[1], (len(indices),), generator=gen)].clone()
+        else:
+            ids = ids_all[indices, 0].clone()
         ids[caption_dropout_mask(len(indices), s.caption_dropout, gen)] = empty
         pred = unet(scheduler.add_noise(latents, noise, t), t, text_encoder(ids)[0]).sample
         target = scheduler.get_velocity(latents, noise, t) if predict_v else noise
@@ -832,12 +904,41 @@ def prepare_run_dir(run_dir: Path, cfg: ScratchConfig, data_dir: Path, resume: b
     from synthex.train.data import metadata_fingerprint
 
     run_dir = Path(run_dir)
-    if check_run_folder(run_dir, cfg.to_dict(), config_differences, data_dir, resume) is not None:
+    state = check_run_folder(run_dir, cfg.to_dict(), config_differences, data_dir, resume)
+    if state is not None:
+        extend_budget(run_dir, cfg, state)
         return
     fingerprint = metadata_fingerprint(data_dir) if (Path(data_dir) / "metadata.csv").is_file() else None
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     _write_text(run_dir / "state.json", json.dumps({"done": [], "data_sha256": fingerprint}, indent=1))
+
+
+def extend_budget(run_dir: Path, cfg: ScratchConfig, state: dict) -> list[str]:
+    """On a resume with a larger ``vae.max_steps`` / ``unet.max_steps``: record the new budget in
+    ``config.yaml`` and reopen the stages that must go on (the UNet continues from its last
+    checkpoint; the export is redone). The LR schedule is re-planned over the new budget (with
+    a cosine schedule the LR rises from where the old plan ended; ``schedule: constant`` avoids
+    that). Raising the VAE budget after its stage finished is refused: the cached latents and
+    the UNet trained on them would no longer match it. Returns the extended keys."""
+    import yaml
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    old = _flatten(saved)
+    extended = [k for k in EXTENDABLE_KEYS if cfg.to_dict()[k.split(".")[0]][k.split(".")[1]] != old.get(k)]
+    if not extended:
+        return []
+    if "vae.max_steps" in extended and "vae" in state.get("done", []):
+        raise SynthexError(f"cannot raise vae.max_steps of {run_dir}: its VAE stage is finished and the UNet "
+                           "was trained on its latents; start a new run (init_from: the old pipeline/ folder, "
+                           "train_vae: true) instead")
+    reopen = {"unet", "export"}
+    state["done"] = [d for d in state.get("done", []) if d not in reopen]
+    _write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    _write_text(run_dir / "state.json", json.dumps(state, indent=1))
+    logger.info("extending %s: %s", run_dir, ", ".join(f"{k} {old.get(k)} -> "
+                                                      f"{_flatten(cfg.to_dict())[k]}" for k in extended))
+    return extended
 
 
 def train_base(data_dir: Path, run_dir: Path, config: ScratchConfig | None = None, *, resume: bool = False,
