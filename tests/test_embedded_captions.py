@@ -228,3 +228,24 @@ def test_a_finished_run_extends_to_a_larger_budget(tmp_path):
     with pytest.raises(SynthexError, match="cannot raise vae.max_steps"):
         train_base(data, tmp_path / "run", tiny_config(**{"unet.max_steps": 8, "vae.max_steps": 6}),
                    resume=True, progress=False)
+
+
+def test_a_typo_under_arch_is_a_clean_config_error(tmp_path):
+    """Issue 12: a bad key under ``arch:`` gives the same clean error as one under ``vae:``."""
+    import yaml
+
+    from synthex.errors import ConfigError
+    from synthex.train.scratch import load_config
+
+    for section in ("arch", "vae"):
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({section: {"unet_chanels": [8]}}))
+        with pytest.raises(ConfigError, match="unet_chanels"):
+            load_config(tmp_path / "bad.yaml")
+        import subprocess
+        import sys
+
+        result = subprocess.run([sys.executable, "-m", "synthex.cli", "train", "base", "--data", str(tmp_path),
+                                 "--out", str(tmp_path / "run"), "--config", str(tmp_path / "bad.yaml"), "--dry-run"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and "unet_chanels" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr

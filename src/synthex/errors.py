@@ -13,6 +13,11 @@ class SynthexError(Exception):
     """A user-facing error: bad path, column, image, prompt, seed or configuration."""
 
 
+class ConfigError(SynthexError, ValueError):
+    """A training or model configuration is invalid (unknown key, wrong value, mismatched
+    architecture). Also a ``ValueError`` for callers that caught the old plain ``ValueError``."""
+
+
 class DataSourceError(SynthexError):
     """A data source is missing, has the wrong layout or lacks a required column."""
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import synthex
+from synthex.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +71,12 @@ class EmbeddedArch:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "EmbeddedArch":
-        """Build from a (YAML) mapping; unknown keys raise ``ValueError`` naming them."""
+        """Build from a (YAML) mapping; unknown keys raise :class:`~synthex.errors.ConfigError` naming them."""
         values = dict(values or {})
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown architecture keys {unknown}; known keys: {sorted(known)}")
+            raise ConfigError(f"unknown architecture keys {unknown}; known keys: {sorted(known)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,18 +129,18 @@ def embedded_configs(resolution: int = 128, arch: EmbeddedArch | None = None) ->
 
 def _check_arch(arch: EmbeddedArch, resolution: int) -> None:
     if len(arch.unet_attention) != len(arch.unet_channels):
-        raise ValueError(f"unet_attention {arch.unet_attention} must have one flag per UNet level "
+        raise ConfigError(f"unet_attention {arch.unet_attention} must have one flag per UNet level "
                          f"{arch.unet_channels}")
     if arch.prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(f"prediction_type {arch.prediction_type!r} must be 'epsilon' or 'v_prediction'")
+        raise ConfigError(f"prediction_type {arch.prediction_type!r} must be 'epsilon' or 'v_prediction'")
     factor = vae_scale_factor(arch) * 2 ** (len(arch.unet_channels) - 1)
     if resolution <= 0 or resolution % factor:
-        raise ValueError(f"resolution {resolution} must be a positive multiple of {factor} for this "
+        raise ConfigError(f"resolution {resolution} must be a positive multiple of {factor} for this "
                          f"architecture (VAE x{vae_scale_factor(arch)}, UNet {len(arch.unet_channels)} levels)")
     for name in ("vae_channels", "unet_channels"):
         bad = [c for c in getattr(arch, name) if c % arch.norm_groups]
         if bad:
-            raise ValueError(f"{name} {bad} must be multiples of norm_groups={arch.norm_groups}")
+            raise ConfigError(f"{name} {bad} must be multiples of norm_groups={arch.norm_groups}")
 
 
 def build_components(configs: dict[str, dict], tokenizer, generator=None) -> dict[str, Any]:
@@ -216,7 +217,7 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int = 3000, min_frequen
 
     texts = [str(c) for c in captions]
     if not texts:
-        raise ValueError("cannot train a tokenizer on zero captions")
+        raise ConfigError("cannot train a tokenizer on zero captions")
     clip_backend = CLIPTokenizer().backend_tokenizer
     bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix=""))
     bpe.normalizer, bpe.pre_tokenizer = clip_backend.normalizer, clip_backend.pre_tokenizer

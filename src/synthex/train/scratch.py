@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from synthex.errors import OutputExistsError, SynthexError
+from synthex.errors import ConfigError, OutputExistsError, SynthexError
 from synthex.models.embedded import EmbeddedArch
 from synthex.train.data import Reject
 
@@ -149,22 +149,22 @@ class ScratchConfig:
 
     def validate(self) -> None:
         if self.save_dtype not in ("float32", "float16", "bfloat16"):
-            raise SynthexError(f"save_dtype {self.save_dtype!r} must be float32, float16 or bfloat16")
+            raise ConfigError(f"save_dtype {self.save_dtype!r} must be float32, float16 or bfloat16")
         for name, stage in (("vae", self.vae), ("unet", self.unet)):
             if stage.max_steps < 1 or stage.batch_size < 1:
-                raise SynthexError(f"{name}.max_steps and {name}.batch_size must be >= 1")
+                raise ConfigError(f"{name}.max_steps and {name}.batch_size must be >= 1")
             if stage.schedule not in ("cosine", "constant"):
-                raise SynthexError(f"{name}.schedule {stage.schedule!r} must be 'cosine' or 'constant'")
+                raise ConfigError(f"{name}.schedule {stage.schedule!r} must be 'cosine' or 'constant'")
         if not 0.0 <= self.unet.caption_dropout < 1.0:
-            raise SynthexError(f"unet.caption_dropout {self.unet.caption_dropout} must be in [0, 1)")
+            raise ConfigError(f"unet.caption_dropout {self.unet.caption_dropout} must be in [0, 1)")
         if self.vocab_size < 600:
-            raise SynthexError(f"vocab_size {self.vocab_size} must be >= 600 (512 byte symbols + merges)")
+            raise ConfigError(f"vocab_size {self.vocab_size} must be >= 600 (512 byte symbols + merges)")
 
 
 def _check_keys(values: dict, kind, prefix: str) -> None:
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(kind)})
     if unknown:
-        raise SynthexError(f"unknown config key(s) {[prefix + k for k in unknown]}; known: "
+        raise ConfigError(f"unknown config key(s) {[prefix + k for k in unknown]}; known: "
                            f"{sorted(prefix + f.name for f in dataclasses.fields(kind))}")
 
 
@@ -178,10 +178,10 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
 
     path = Path(path) if path is not None else DEFAULT_CONFIG
     if not path.is_file():
-        raise SynthexError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist")
     values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(values, dict):
-        raise SynthexError(f"config file {path} must hold a mapping, not {type(values).__name__}")
+        raise ConfigError(f"config file {path} must hold a mapping, not {type(values).__name__}")
     for key, value in (overrides or {}).items():
         if value is None:
             continue
@@ -847,13 +847,17 @@ def _model_card(run: _Run) -> str:
     cfg = run.cfg
     return (
         "# SynTheX-Ray embedded model\n\n"
-        "A small text-to-chest-X-ray latent diffusion model trained from scratch by "
-        "`synthex train base`. Images it makes are SYNTHETIC, for research, not diagnosis.\n\n"
+        "A small text-to-chest-X-ray latent diffusion model trained "
+        + (f"from `{cfg.init_from}` (warm start; its tokenizer and VAE kept) " if cfg.init_from else "from scratch ")
+        + "by `synthex train base`. Images it makes are SYNTHETIC, for research, not diagnosis.\n\n"
         f"- resolution: {cfg.resolution} px, grayscale; latents {cfg.resolution // 4}x{cfg.resolution // 4}x"
         f"{cfg.arch.latent_channels}\n- parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in params.items())
         + f"\n- training images: {len(run.data)} (rows of split {cfg.split!r} of the dataset with "
         f"metadata sha256 {run.state.get('data_sha256', '?')[:12]})\n"
-        f"- steps: VAE {cfg.vae.max_steps} x {cfg.vae.batch_size}, UNet+text {cfg.unet.max_steps} x "
+        + (f"- captions: column {cfg.text_column!r} and alternatives {cfg.caption_columns} (one drawn per step)\n"
+           if cfg.caption_columns else "")
+        + f"- steps: VAE {cfg.vae.max_steps if not cfg.init_from or cfg.train_vae else 0} x {cfg.vae.batch_size}, "
+        f"UNet+text {cfg.unet.max_steps} x "
         f"{cfg.unet.batch_size}; seed {cfg.seed}\n- weights: {cfg.save_dtype} safetensors; UNet and "
         "text encoder are EMA weights\n"
     )
