@@ -241,7 +241,7 @@ def test_hash_cache_reuses_results(tmp_path, monkeypatch):
     target = tmp_path / "w.bin"
     target.write_bytes(b"abc" * 100)
     calls = []
-    import synthex.generate.infotext as infotext
+    import synthex.io as infotext  # short_hash lives in the low-level io module
 
     real = infotext.short_hash
     monkeypatch.setattr(infotext, "short_hash", lambda *a, **k: calls.append(a) or real(*a, **k))

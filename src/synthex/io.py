@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+from synthex.errors import SynthexError
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], suffix: str = ".tmp") -> None:
@@ -25,3 +28,21 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], suffix: str = ".
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def short_hash(path_or_bytes: str | os.PathLike[str] | bytes, length: int = 10) -> str:
+    """First ``length`` hex digits of the SHA-256 of a file or of bytes.
+
+    A1111 writes 10 digits as ``Model hash`` and 12 in ``Lora hashes``.
+    """
+    digest = hashlib.sha256()
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        digest.update(path_or_bytes)
+    else:
+        path = Path(path_or_bytes)
+        if not path.is_file():
+            raise SynthexError(f"{path}: no such file to hash")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:length]

@@ -11,7 +11,6 @@ the way A1111 quotes them, so A1111, its forks and civitai read our files and we
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import Any
 
 from synthex import SOFTWARE_NAME, __version__
 from synthex.errors import OutputExistsError, SynthexError
+from synthex.io import short_hash  # noqa: F401 (re-exported: its old home)
 
 logger = logging.getLogger(__name__)
 
@@ -362,21 +362,3 @@ def read_png_parameters(path: str | os.PathLike[str]) -> GenerationParameters:
             "AUTOMATIC1111, or its metadata was stripped"
         )
     return parse_infotext(text)
-
-
-def short_hash(path_or_bytes: str | os.PathLike[str] | bytes, length: int = 10) -> str:
-    """First ``length`` hex digits of the SHA-256 of a file or of bytes.
-
-    A1111 writes 10 digits as ``Model hash`` and 12 in ``Lora hashes``.
-    """
-    digest = hashlib.sha256()
-    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        digest.update(path_or_bytes)
-    else:
-        path = Path(path_or_bytes)
-        if not path.is_file():
-            raise SynthexError(f"{path}: no such file to hash")
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:length]

@@ -801,9 +801,9 @@ def _hash_cache_file() -> Path:
 
 
 def cached_short_hash(path: str | os.PathLike[str], length: int = 10) -> str:
-    """:func:`~synthex.generate.infotext.short_hash` of a file, cached by (path, size, mtime)
+    """:func:`~synthex.io.short_hash` of a file, cached by (path, size, mtime)
     in memory and, for files over 64 MiB, in ``~/.cache/synthex/hashes.json``."""
-    from synthex.generate.infotext import short_hash
+    from synthex.io import short_hash
 
     path = Path(path).resolve()
     stat = path.stat()
