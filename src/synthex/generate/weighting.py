@@ -337,7 +337,11 @@ def apply_weights(z: torch.Tensor, weights: torch.Tensor, normalize: bool = True
         return weighted
     before = z.float().mean(dim=(1, 2), keepdim=True)
     after = weighted.float().mean(dim=(1, 2), keepdim=True)
-    ratio = torch.where(after == 0, torch.ones_like(after), before / after)
+    # A mean that is ~0 next to the values' scale (a final LayerNorm without bias, e.g. a freshly
+    # initialised encoder) makes the ratio meaningless noise: leave such a chunk unscaled.
+    scale = weighted.float().abs().mean(dim=(1, 2), keepdim=True)
+    degenerate = (after.abs() <= 1e-4 * scale) | (before.abs() <= 1e-4 * scale)
+    ratio = torch.where(degenerate, torch.ones_like(after), before / after)
     return weighted * ratio.to(z.dtype)
 
 
