@@ -154,6 +154,12 @@ def test_caption_set_refuses_a_foreign_folder_and_a_bad_iu(tmp_path):
     with pytest.raises(OutputExistsError, match="holds no caption set"):
         build_caption_set(CaptionSetOptions(tmp_path / "mine", n_random=1, size=32))
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    with pytest.raises(SynthexError, match="p-normal"):
+        build_caption_set(CaptionSetOptions(tmp_path / "new", n_random=1, size=32, p_normal=1.5))
+    iu = _iu_folder(tmp_path / "iu")
+    (iu / "images" / "b.png").unlink()  # a listed image that is missing: left out, counted, listed
+    summary = build_caption_set(CaptionSetOptions(tmp_path / "withgap", n_random=1, size=32, iu=iu, workers=1))
+    assert summary["n_iu"] == 1 and summary["rejects"] == [{"file_name": "images/b.png", "reason": "image file not found"}]
     with pytest.raises(SynthexError, match="no metadata.csv"):
         build_caption_set(CaptionSetOptions(tmp_path / "new", n_random=1, size=32, iu=tmp_path / "mine", workers=1))
 

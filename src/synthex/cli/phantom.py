@@ -112,6 +112,9 @@ def caption_set(
         typer.echo(f"IU reports: {f['reports']}; sentences kept {f['kept']}, dropped {f['dropped']} "
                    f"(name a finding the phantom does not show), neutral {f['unreadable']}")
     typer.echo("label counts: " + ", ".join(f"{k} {v}" for k, v in summary["label_counts"].items()))
+    if summary["rejects"]:
+        typer.echo(f"left out: {len(summary['rejects'])} IU rows whose image is missing (listed in "
+                   f"{out / 'caption_set.json'} under 'rejects')")
 
 
 @app.command()

@@ -91,7 +91,7 @@ def _random_rows(options: CaptionSetOptions) -> tuple[list[dict], list[tuple]]:
     return rows, jobs
 
 
-def _iu_rows(options: CaptionSetOptions, counts: FilterCounts, outcome: Counter) -> list[dict]:
+def _iu_rows(options: CaptionSetOptions, counts: FilterCounts, outcome: Counter, rejects: list[dict]) -> list[dict]:
     import pandas as pd
     from PIL import Image
 
@@ -118,8 +118,12 @@ def _iu_rows(options: CaptionSetOptions, counts: FilterCounts, outcome: Counter)
         outcome["rewritten" if c.dropped else "unchanged"] += 1
         name = f"images/iu{i:05d}.png"
         target = options.out / name
+        source = folder / row.file_name
         if not target.is_file():
-            with Image.open(folder / row.file_name) as image:
+            if not source.is_file():
+                rejects.append({"file_name": row.file_name, "reason": "image file not found"})
+                continue
+            with Image.open(source) as image:
                 image = image.convert("L").resize((options.size, options.size), Image.LANCZOS)
                 atomic_write(target, lambda fh, im=image: im.save(fh, format="PNG"))
         variants = caption_variants(drawn, rng)
@@ -133,7 +137,11 @@ def build_caption_set(options: CaptionSetOptions, callback: Callable[[int, int],
     import pandas as pd
 
     if options.n_random < 0 or options.size < 32:
-        raise SynthexError("--n must be >= 0 and --size >= 32")
+        raise SynthexError(f"--n must be >= 0 and --size >= 32 (got {options.n_random}, {options.size})")
+    if not 0.0 <= options.p_normal <= 1.0:
+        raise SynthexError(f"--p-normal must be in [0, 1], got {options.p_normal}")
+    if options.n_random == 0 and not options.iu:
+        raise SynthexError("nothing to build: give --n > 0 or --iu DIR")
     _check_out(options)
     out = options.out
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -145,9 +153,12 @@ def build_caption_set(options: CaptionSetOptions, callback: Callable[[int, int],
         for k, _ in enumerate(pool.map(_render, todo, chunksize=16), 1):
             if callback:
                 callback(k, len(todo))
-    counts, outcome = FilterCounts(), Counter()
+    counts, outcome, rejects = FilterCounts(), Counter(), []
     if options.iu:
-        rows += _iu_rows(options, counts, outcome)
+        rows += _iu_rows(options, counts, outcome, rejects)
+        if rejects:
+            logger.warning("%d IU rows left out (listed in %s under 'rejects'), first: %s", len(rejects), STATE,
+                           rejects[0])
     table = pd.DataFrame({
         "file_name": [r["file_name"] for r in rows],
         "text": [r["captions"][0] for r in rows],
@@ -159,7 +170,7 @@ def build_caption_set(options: CaptionSetOptions, callback: Callable[[int, int],
     for j, name in enumerate(PHANTOM_LABELS):
         table[name] = labels[:, j]
     atomic_write(out / "metadata.csv", lambda fh: fh.write(table.to_csv(index=False).encode()))
-    summary = _summary(options, rows, labels, counts, outcome)
+    summary = {**_summary(options, rows, labels, counts, outcome), "rejects": rejects}
     atomic_write(out / STATE, lambda fh: fh.write(json.dumps(summary, indent=1).encode()))
     return summary
 
