@@ -28,14 +28,10 @@ Run folder::
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
-import hashlib
 import json
 import logging
-import math
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -43,12 +39,32 @@ from typing import Any, Callable
 from synthex.errors import ConfigError, OutputExistsError, SynthexError
 from synthex.models.embedded import EmbeddedArch
 from synthex.train.data import Reject
+from synthex.train.loop import (  # noqa: F401 (re-exported: the loop lives in train/loop.py)
+    LOG_COLUMNS,
+    BatchOrder,
+    Ema,
+    LoopSpec,
+    RunContext,
+    StepEvent,
+    TrainingLog,
+    _checkpoint_dirs,
+    _load_module,
+    _save_tensors,
+    _write_text,
+    derived_seed,
+    load_optimizer,
+    lr_factor,
+    restore_checkpoint,
+    run_loop,
+    save_checkpoint,
+    save_optimizer,
+    step_generator,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "embedded_base.yaml"
 STAGES = ("data", "tokenizer", "vae", "latents", "unet", "export")
-LOG_COLUMNS = ("step", "stage", "loss", "lr", "seconds", "images_per_s")
 # Keys that may change between an interrupted run and its resume (they do not change the weights).
 RUNTIME_KEYS = {"data_workers", "keep_checkpoints", "vae.checkpoint_every", "unet.checkpoint_every",
                 "unet.validate_every"}
@@ -219,55 +235,8 @@ def config_differences(old: dict, new: dict) -> list[str]:
 
 
 # =============================================================================================
-# 2. Small pure helpers: seeds, batches, LR, caption dropout, losses
+# 2. Small pure helpers: caption dropout, losses (seeds, batches, LR, files and the loop: train/loop.py)
 # =============================================================================================
-def derived_seed(seed: int, *parts: Any) -> int:
-    """A 63-bit seed that depends only on ``seed`` and ``parts`` (stable across runs)."""
-    digest = hashlib.sha256(":".join(map(str, (seed, *parts))).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def step_generator(seed: int, stage: str, step: int):
-    """The generator of all the noise of one training step."""
-    import torch
-
-    return torch.Generator().manual_seed(derived_seed(seed, stage, "step", step))
-
-
-class BatchOrder:
-    """Epoch-wise shuffles: the batch of step ``k`` is a function of ``(seed, stage, k)``."""
-
-    def __init__(self, seed: int, stage: str, n_items: int, batch_size: int):
-        self.seed, self.stage, self.n, self.batch_size = seed, stage, n_items, batch_size
-        self._perms: dict[int, Any] = {}
-
-    def _perm(self, epoch: int):
-        import torch
-
-        if epoch not in self._perms:
-            gen = torch.Generator().manual_seed(derived_seed(self.seed, self.stage, "epoch", epoch))
-            self._perms = {epoch: torch.randperm(self.n, generator=gen)}
-        return self._perms[epoch]
-
-    def indices(self, step: int):
-        """Row indices of 1-based training step ``step``."""
-        import torch
-
-        first = (step - 1) * self.batch_size
-        positions = range(first, first + self.batch_size)
-        return torch.stack([self._perm(p // self.n)[p % self.n] for p in positions])
-
-
-def lr_factor(step: int, max_steps: int, warmup: int, schedule: str, min_ratio: float) -> float:
-    """Linear warm-up to 1, then constant or cosine decay to ``min_ratio`` at ``max_steps``."""
-    if warmup > 0 and step <= warmup:
-        return step / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, max_steps - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def caption_dropout_mask(n: int, p: float, generator):
     """Boolean mask: True where a caption is replaced by the empty caption (probability p)."""
     import torch
@@ -298,221 +267,6 @@ def edge_l1(a, b):
     dx = (a[..., :, 1:] - a[..., :, :-1]) - (b[..., :, 1:] - b[..., :, :-1])
     dy = (a[..., 1:, :] - a[..., :-1, :]) - (b[..., 1:, :] - b[..., :-1, :])
     return dx.abs().mean() + dy.abs().mean()
-
-
-# =============================================================================================
-# 3. Files: atomic writes, safetensors state, optimizer state, the CSV log
-# =============================================================================================
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def _save_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
-
-
-def _load_module(module, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    module.load_state_dict(load_file(str(path)), strict=True)
-
-
-def save_optimizer(optimizer, path: Path) -> None:
-    """AdamW state as safetensors: tensors ``state.{param}.{key}``, param groups as JSON."""
-    import torch
-
-    sd = optimizer.state_dict()
-    tensors = {f"state.{idx}.{key}": (v if torch.is_tensor(v) else torch.tensor(v))
-               for idx, st in sd["state"].items() for key, v in st.items()}
-    _save_tensors(tensors, path, {"param_groups": json.dumps(sd["param_groups"])})
-
-
-def load_optimizer(optimizer, path: Path) -> None:
-    """Inverse of :func:`save_optimizer` (reads tensors and JSON only; nothing is unpickled)."""
-    from safetensors import safe_open
-
-    state: dict[int, dict] = {}
-    with safe_open(str(path), framework="pt") as fh:
-        groups = json.loads(fh.metadata()["param_groups"])
-        for name in fh.keys():
-            _, idx, key = name.split(".", 2)
-            state.setdefault(int(idx), {})[key] = fh.get_tensor(name)
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
-class TrainingLog:
-    """``training_log.csv``: one row per step and stage, appended and flushed as it goes."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        if not self.path.exists():
-            _write_text(self.path, ",".join(LOG_COLUMNS) + "\n")
-
-    def rows(self) -> list[dict[str, str]]:
-        with self.path.open(newline="", encoding="utf-8") as fh:
-            return list(csv.DictReader(fh))
-
-    def truncate(self, stage: str, last_step: int) -> None:
-        """Drop this stage's rows after ``last_step`` (steps redone after a resume)."""
-        keep = [r for r in self.rows() if not (r["stage"] == stage and int(r["step"]) > last_step)]
-        lines = [",".join(LOG_COLUMNS)] + [",".join(r[c] for c in LOG_COLUMNS) for r in keep]
-        _write_text(self.path, "\n".join(lines) + "\n")
-
-    def append(self, step: int, stage: str, loss: float, lr: float, seconds: float, n_images: int) -> None:
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(f"{step},{stage},{loss:.6g},{lr:.6g},{seconds:.4f},{n_images / max(seconds, 1e-9):.2f}\n")
-
-
-# =============================================================================================
-# 4. The generic training loop (checkpoints, resume, EMA, LR, log, progress)
-# =============================================================================================
-@dataclass
-class StepEvent:
-    """What the per-step callback receives (progress bars, UIs)."""
-
-    stage: str
-    step: int
-    max_steps: int
-    loss: float
-    lr: float
-
-
-@dataclass
-class RunContext:
-    run_dir: Path
-    seed: int
-    log: TrainingLog
-    keep_checkpoints: int = 2
-    progress: bool = True
-    callback: Callable[[StepEvent], None] | None = None
-
-
-@dataclass
-class LoopSpec:
-    """One stage's loop: which modules train, the loss of a batch, the optimizer settings."""
-
-    stage: str
-    modules: dict[str, Any]
-    param_groups: list[dict]
-    loss_fn: Callable[[Any, Any], Any]  # (indices, generator) -> scalar loss tensor
-    n_items: int
-    settings: VaeStage | UnetStage
-    ema_decay: float = 0.0
-    on_step_end: Callable[[int, dict], None] | None = None  # (step, eval modules)
-
-
-class Ema:
-    """Exponential moving average copies of modules (decay warms up as (1+k)/(10+k))."""
-
-    def __init__(self, modules: dict[str, Any], decay: float):
-        self.decay = decay
-        self.modules = {n: copy.deepcopy(m).eval().requires_grad_(False) for n, m in modules.items()}
-
-    def update(self, modules: dict[str, Any], step: int) -> None:
-        import torch
-
-        decay = min(self.decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for name, module in modules.items():
-                for e, p in zip(self.modules[name].parameters(), module.parameters()):
-                    e.lerp_(p, 1 - decay)
-                for e, b in zip(self.modules[name].buffers(), module.buffers()):
-                    e.copy_(b)
-
-
-def _checkpoint_dirs(folder: Path) -> list[Path]:
-    done = [p for p in folder.glob("step_*") if (p / "state.json").is_file()] if folder.is_dir() else []
-    return sorted(done, key=lambda p: int(p.name.split("_")[1]))
-
-
-def save_checkpoint(folder: Path, step: int, spec: LoopSpec, optimizer, ema: Ema | None, keep: int) -> Path:
-    """Write ``folder/step_XXXXXXX`` atomically (temp folder, then rename); keep the last ``keep``."""
-    final, tmp = folder / f"step_{step:07d}", folder / f".tmp_step_{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, module in spec.modules.items():
-        _save_tensors(module.state_dict(), tmp / f"{name}.safetensors")
-    for name, module in (ema.modules.items() if ema else []):
-        _save_tensors(module.state_dict(), tmp / f"ema_{name}.safetensors")
-    save_optimizer(optimizer, tmp / "optimizer.safetensors")
-    (tmp / "state.json").write_text(json.dumps({"stage": spec.stage, "step": step}), encoding="utf-8")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in _checkpoint_dirs(folder)[: -max(1, keep)]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def restore_checkpoint(folder: Path, spec: LoopSpec, optimizer, ema: Ema | None) -> int:
-    """Load the newest complete checkpoint of ``folder``; returns its step (0 when none)."""
-    found = _checkpoint_dirs(folder)
-    if not found:
-        return 0
-    latest = found[-1]
-    for name, module in spec.modules.items():
-        _load_module(module, latest / f"{name}.safetensors")
-    for name, module in (ema.modules.items() if ema else []):
-        _load_module(module, latest / f"ema_{name}.safetensors")
-    load_optimizer(optimizer, latest / "optimizer.safetensors")
-    step = json.loads((latest / "state.json").read_text(encoding="utf-8"))["step"]
-    logger.info("%s: resumed from %s", spec.stage, latest)
-    return int(step)
-
-
-def run_loop(spec: LoopSpec, ctx: RunContext) -> dict[str, Any]:
-    """Train ``spec`` to ``settings.max_steps`` from its last checkpoint; returns eval modules
-    (the EMA copies when EMA is on)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    s = spec.settings
-    optimizer = torch.optim.AdamW(spec.param_groups, lr=s.lr, weight_decay=s.weight_decay)
-    ema = Ema(spec.modules, spec.ema_decay) if spec.ema_decay > 0 else None
-    folder = ctx.run_dir / "checkpoints" / spec.stage
-    start = restore_checkpoint(folder, spec, optimizer, ema)
-    ctx.log.truncate(spec.stage, start)
-    order = BatchOrder(ctx.seed, spec.stage, spec.n_items, s.batch_size)
-    params = [p for g in spec.param_groups for p in g["params"]]
-    for m in spec.modules.values():
-        m.train()
-    bar = tqdm(total=s.max_steps, initial=start, desc=spec.stage, unit="step", disable=not ctx.progress)
-    for step in range(start + 1, s.max_steps + 1):
-        t0 = time.perf_counter()
-        factor = lr_factor(step, s.max_steps, s.warmup_steps, s.schedule, s.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * factor
-        loss = spec.loss_fn(order.indices(step), step_generator(ctx.seed, spec.stage, step))
-        if not torch.isfinite(loss):
-            raise SynthexError(f"{spec.stage}: loss is {loss.item()} at step {step}; lower the "
-                               f"learning rate ({s.lr}) or resume from the last checkpoint")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if s.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
-        optimizer.step()
-        if ema is not None:
-            ema.update(spec.modules, step)
-        seconds, lr = time.perf_counter() - t0, s.lr * factor
-        ctx.log.append(step, spec.stage, loss.item(), lr, seconds, s.batch_size)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
-        if ctx.callback is not None:
-            ctx.callback(StepEvent(spec.stage, step, s.max_steps, loss.item(), lr))
-        if step % s.checkpoint_every == 0 or step == s.max_steps:
-            save_checkpoint(folder, step, spec, optimizer, ema, ctx.keep_checkpoints)
-        if spec.on_step_end is not None:
-            spec.on_step_end(step, ema.modules if ema else spec.modules)
-    bar.close()
-    evaluated = ema.modules if ema else spec.modules
-    for m in evaluated.values():
-        m.eval()
-    return evaluated
 
 
 # =============================================================================================
