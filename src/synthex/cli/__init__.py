@@ -15,6 +15,7 @@ from synthex.cli import data as data_cli
 from synthex.cli import evaluate as evaluate_cli
 from synthex.cli import generate as generate_cli
 from synthex.cli import phantom as phantom_cli
+from synthex.cli import search as search_cli
 from synthex.cli import train as train_cli
 from synthex.cli import ui as ui_cli
 from synthex.errors import SynthexError
@@ -28,6 +29,7 @@ app = typer.Typer(
 app.add_typer(data_cli.app, name="data")
 app.add_typer(phantom_cli.app, name="phantom")
 app.add_typer(train_cli.app, name="train")
+app.add_typer(search_cli.app, name="search")
 generate_cli.register(app)
 ui_cli.register(app)
 evaluate_cli.register(app)

@@ -44,8 +44,15 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     check_extractors: bool = typer.Option(False, "--check-extractors",
                                           help="Only say which extractors are available here, then exit."),
+    task: str = typer.Option("images", "--task", help="images (synthetic vs real, the default) or retrieval "
+                             "(search metrics on the labelled --real folder; same as 'synthex search eval --data')."),
 ) -> None:
     """Evaluate synthetic chest X-rays against real ones; writes a Markdown + HTML report."""
+    if task == "retrieval":
+        _retrieval(real, out, seed, overwrite, quiet)
+        return
+    if task != "images":
+        raise SynthexError(f"--task {task!r}: choose images or retrieval")
     from synthex.evaluate import EvaluationOptions
     from synthex.evaluate import evaluate as run_evaluation
 
@@ -104,3 +111,13 @@ def register(root_app: typer.Typer) -> None:
 
 
 __all__ = ["evaluate", "register"]
+
+
+def _retrieval(real: Optional[Path], out: Optional[Path], seed: int, overwrite: bool, quiet: bool) -> None:
+    from synthex.search.evaluate import evaluate_search, to_markdown
+
+    if real is None or out is None:
+        raise SynthexError("--task retrieval needs --real DIR (a labelled folder to index) and --out DIR")
+    result, paths = evaluate_search(out, data=real, seed=seed, overwrite=overwrite, progress=not quiet)
+    typer.echo(to_markdown(result))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Train models: the embedded model from scratch, LoRA adapters.", no_args_is_help=True)
+app = typer.Typer(help="Train models: the embedded model from scratch, LoRA adapters, the search dual encoder.",
+                  no_args_is_help=True)
 
 
 @app.callback()
@@ -151,3 +152,43 @@ def export_kohya_cmd(
     from synthex.train.lora import export_kohya
 
     typer.echo(f"wrote {export_kohya(lora_file, out, overwrite=overwrite)}")
+
+
+@app.command()
+def search(
+    data: Path = typer.Option(..., "--data", "-d", help="Imagefolder: metadata.csv (file_name,text[,caption_1..,"
+                              "findings|mesh,split]) + images, e.g. 'synthex phantom caption-set' output."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (config, log, checkpoints, model/)."),
+    config: Path = typer.Option(None, "--config", "-c", help="Training YAML (default: built-in defaults; the shipped "
+                                "model used src/synthex/config/search_embedded.yaml)."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Training steps (a larger value extends a finished run)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Pairs per step (contrastive batch)."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate of the image tower and projections."),
+    seed: int = typer.Option(None, "--seed", help="Seed of batches, caption picks and augmentation."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda or auto."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train the search dual encoder (image tower + text tower, contrastive) on images and reports."""
+    from dataclasses import asdict
+
+    from synthex.search.train import load_train_config, train_search
+
+    cfg = load_train_config(config, {"max_steps": max_steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+                                     "device": device})
+    if dry_run:
+        import yaml
+
+        typer.echo(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        return
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    result = train_search(data, out, cfg, resume=resume, progress=not quiet)
+    typer.echo(f"pairs: {result.n_train} train, {result.n_val} held out ({len(result.rejects)} rejected rows, "
+               f"see {out / 'rejects.csv'}); parameters {result.parameters / 1e6:.2f}M")
+    typer.echo("held-out: " + ", ".join(f"{k} {v}" for k, v in result.validation.items()))
+    typer.echo(f"model: {result.model_dir}; log: {out / 'training_log.csv'}, {out / 'validation.csv'}")

@@ -79,7 +79,7 @@ def to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
     return x
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def augment_images(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Small shifts and contrast/brightness jitter; never flips (laterality matters)."""
     n = x.shape[0]
     shift = torch.randint(-4, 5, (2,), generator=gen).tolist()
@@ -87,6 +87,9 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     gain = 1 + 0.15 * (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 2
     bias = 0.1 * (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 2
     return x * gain + bias
+
+
+_augment = augment_images
 
 
 def train_classifier(

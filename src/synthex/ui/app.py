@@ -372,9 +372,14 @@ def run_compare(base: Any, prompt_b: str) -> None:
 
 def info_tab(loaded: bool) -> None:
     upload = st.file_uploader("Upload a PNG made by SynTheX-Ray or AUTOMATIC1111", key="upload")
-    if upload is None:
+    if upload is not None:
+        data, name = upload.getvalue(), upload.name
+    elif st.session_state.get("info_external"):
+        data, name = st.session_state["info_external"]  # opened from the Search tab
+        st.caption(f"Showing {name} (opened from Search)")
+    else:
         return
-    params, problems = state.parameters_from_upload(upload.getvalue(), upload.name)
+    params, problems = state.parameters_from_upload(data, name)
     for problem in problems:
         st.error(problem)
     if params is None:
@@ -438,7 +443,7 @@ def main() -> None:
         st.header("Generation parameters")
         params = parameter_section()
     loaded = st.session_state.get("active") is not None
-    tabs = st.tabs(["Generate", "Compare", "PNG info", "History"])
+    tabs = st.tabs(["Generate", "Compare", "PNG info", "History", "Search"])
     with tabs[0]:
         generate_tab(params, loaded)
     with tabs[1]:
@@ -447,6 +452,10 @@ def main() -> None:
         info_tab(loaded)
     with tabs[3]:
         history_tab()
+    with tabs[4]:
+        from synthex.ui.search_tab import search_tab
+
+        search_tab()
 
 
 main()
