@@ -441,3 +441,101 @@ def test_web_app_search_tab(index, monkeypatch):
     at.button(key="search_go").click().run()
     shown = " ".join(m.value for m in at.markdown)
     assert "**#3**" in shown and "**#4**" not in shown
+
+
+# ------------------------------------------------------------------------------- paraphrases
+@pytest.mark.parametrize("name", ["pleural_effusion", "opacity", "pneumothorax", "nodule", "atelectasis", "pacemaker",
+                                  "central_line", "scoliosis", "elevated_hemidiaphragm", "calcified_granuloma"])
+def test_paraphrases_always_name_the_side_and_never_the_other(name):
+    import re
+
+    from synthex.phantom.findings import Finding
+    from synthex.search.paraphrase import paraphrase
+
+    rng = np.random.default_rng(3)
+    for side, other in (("left", "right"), ("right", "left")):
+        for _ in range(40):
+            text = paraphrase([Finding(name, side, severity=None)], rng).lower()
+            words = set(re.findall(r"[a-z]+", text))
+            assert side in words or side[0] in words, text
+            assert other not in words and other[0] not in words and not ({"levo", "dextro"} & set(text.split())), text
+
+
+def test_paraphrase_of_normal_and_of_several_findings():
+    from synthex.phantom.findings import Finding
+    from synthex.search.paraphrase import LEXICON, paraphrase
+
+    from synthex.evaluate.data import text_findings
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # a normal study's paraphrase names no finding (negations like "no effusion" are fine)
+        assert text_findings(paraphrase([], rng))[0] == []
+    texts = {paraphrase([Finding("cardiomegaly"), Finding("pacemaker", "left")], rng) for _ in range(30)}
+    assert len(texts) > 20  # varied
+    assert {"opacity", "nodule", "edema"} <= set(LEXICON)  # families the merged findings use
+
+
+def test_init_from_copies_every_weight_and_checks_the_arch(trained):
+    import torch
+
+    from synthex.search.model import load_search_model
+    from synthex.search.train import _tokenizer, build_model
+
+    cfg = tiny_config(init_from=str(trained.model_dir))
+    model = build_model(cfg, _tokenizer(cfg))
+    ref = load_search_model(trained.model_dir).model.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ConfigError, match="architecture"):
+        bigger = tiny_config(init_from=str(trained.model_dir), embed_dim=32)
+        build_model(bigger, _tokenizer(bigger))
+    with pytest.raises(ConfigError, match="paraphrase"):
+        tiny_config(paraphrase=2)
+
+
+def test_training_with_paraphrases_runs_and_is_reproducible(data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from synthex.search.train import train_search
+
+    a = train_search(data_dir, tmp_path / "a", tiny_config(max_steps=2, paraphrase=1.0), progress=False)
+    b = train_search(data_dir, tmp_path / "b", tiny_config(max_steps=2, paraphrase=1.0), progress=False)
+    c = train_search(data_dir, tmp_path / "c", tiny_config(max_steps=2, paraphrase=0.0), progress=False)
+    wa, wb, wc = (load_file(str(r.model_dir / "model.safetensors")) for r in (a, b, c))
+    assert all(torch_equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch_equal(wa[k], wc[k]) for k in wa)  # the paraphrased captions changed the text tower
+
+
+def torch_equal(x, y) -> bool:
+    import torch
+
+    return bool(torch.equal(x, y))
+
+
+def test_evaluate_task_retrieval_and_bad_input_messages(data_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from synthex.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["evaluate", "--task", "retrieval", "--real", str(data_dir), "--out", str(tmp_path / "e"),
+                              "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "| image -> image | labels | dual encoder |" in res.output
+    res = runner.invoke(app, ["evaluate", "--task", "retrieval", "--out", str(tmp_path / "e2")])
+    assert isinstance(res.exception, SynthexError) and "--real" in str(res.exception)
+    res = runner.invoke(app, ["search", "query", str(tmp_path / "nothing"), "effusion"])
+    assert isinstance(res.exception, SynthexError) and "not a search index" in str(res.exception)
+
+
+def test_kaggle_iu_layout_reports_and_mesh_labels(kaggle_dir, model, tmp_path):
+    from synthex.search.index import SearchIndex, build_index
+
+    (kaggle_dir / "images" / "images_normalized" / "5_IM-0005-2001.dcm.png").unlink()
+    report = build_index(kaggle_dir, tmp_path / "idx", model, progress=False)
+    assert report.layout == "iu" and report.n_items == 24  # 12 patients x 2 + patient 3's extra - 1 missing
+    assert [r["file"] for r in report.rejects] == ["5_IM-0005-2001.dcm.png"]
+    items = {it["key"].split("/")[-1]: it for it in SearchIndex(tmp_path / "idx").items}
+    first = items["1_IM-0001-1001.dcm.png"]
+    assert first["report"].startswith("The lungs are clear") and first["report"].endswith("Abnormal.")
+    assert "cardiomegaly" in first["labels"] and "opacity:right" in first["labels"]
+    assert items["2_IM-0002-1001.dcm.png"]["labels"] == "normal"

@@ -336,12 +336,14 @@ def plot_evaluation(result: RetrievalEvaluation, path: Path) -> Path:
             xs = [i + j * width for i, g in enumerate(groups) if method in groups[g]]
             ys = [groups[g][method][metric] for g in groups if method in groups[g]]
             ax.bar(xs, ys, width, label=method)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], list(groups), fontsize=8)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], list(groups), fontsize=7)
         ax.set_title(metric)
         ax.set_ylim(0, 1)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"search evaluation: {Path(result.index_dir).name} ({result.n_items} images)", fontsize=10)
+    where = Path(result.index_dir)
+    name = where.parent.name if where.name == "index" else where.name
+    fig.suptitle(f"search evaluation: {name} ({result.n_items} images)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -186,7 +186,7 @@ class SearchModel:
 
 def save_search_model(model: DualEncoder, tokenizer, folder: str | Path) -> Path:
     """Write ``config.json``, ``model.safetensors``, ``tokenizer/`` (each atomically)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from synthex.io import atomic_write
     from synthex.models.embedded import save_tokenizer
@@ -194,9 +194,8 @@ def save_search_model(model: DualEncoder, tokenizer, folder: str | Path) -> Path
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = folder / f".{WEIGHTS_FILE}.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", "synthex": "search-dual-encoder"})
-    tmp.replace(folder / WEIGHTS_FILE)
+    data = save(state, metadata={"format": "pt", "synthex": "search-dual-encoder"})
+    atomic_write(folder / WEIGHTS_FILE, lambda fh: fh.write(data))
     atomic_write(folder / CONFIG_FILE, lambda fh: fh.write(json.dumps(asdict(model.config), indent=1).encode()))
     save_tokenizer(tokenizer, folder / "tokenizer")
     return folder

@@ -61,6 +61,8 @@ class SearchTrainConfig:
     val_fraction: float = 0.05
     init_image: str | None = "phantom_classifier"
     init_text: str | None = "embedded"
+    init_from: str | None = None  # "shipped" or a search model folder: start from all its weights
+    paraphrase: float = 0.0  # share of pairs whose caption is written fresh from the findings (search.paraphrase)
     freeze_image_stages: int = 1  # warm-started conv stages kept fixed (the first is the costliest to train)
     image_size: int = 128
     embed_dim: int = 256
@@ -80,6 +82,8 @@ class SearchTrainConfig:
             raise ConfigError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
         if self.init_image not in (None, "phantom_classifier"):
             raise ConfigError(f"init_image must be 'phantom_classifier' or null, got {self.init_image!r}")
+        if not 0.0 <= self.paraphrase <= 1.0:
+            raise ConfigError(f"paraphrase must be in [0, 1], got {self.paraphrase}")
         if self.init_text not in (None, "embedded"):
             raise ConfigError(f"init_text must be 'embedded' or null, got {self.init_text!r}")
 
@@ -107,17 +111,26 @@ class TrainingRows:
     captions: list[list[str]]
     label_ids: np.ndarray
     rejects: list = field(default_factory=list)
+    findings: list = field(default_factory=list)  # per row: resolved Finding list, or None when unknown
+
+
+def _row_findings(row: dict, rules) -> list | None:
+    """Resolved findings of a metadata row: its ``findings`` JSON, else its ``mesh``; None if neither."""
+    from synthex.phantom.dataset import mesh_to_findings
+    from synthex.phantom.findings import Finding
+
+    if row.get("findings"):
+        return [Finding.from_dict(d).resolved() for d in json.loads(str(row["findings"]))]
+    if row.get("mesh"):
+        return [f.resolved() for f in mesh_to_findings(row["mesh"], rules)[0]]
+    return None
 
 
 def _row_keys(row: dict, rules) -> frozenset[str] | None:
-    from synthex.phantom.dataset import mesh_to_findings
-    from synthex.search.labels import keys_from_json, label_keys
+    from synthex.search.labels import label_keys
 
-    if row.get("findings"):
-        return keys_from_json(row["findings"])
-    if row.get("mesh"):
-        return label_keys([f.resolved() for f in mesh_to_findings(row["mesh"], rules)[0]])
-    return None
+    found = _row_findings(row, rules)
+    return None if found is None else label_keys(found)
 
 
 def load_training_rows(data_dir: Path, cfg: SearchTrainConfig, progress: bool = True) -> TrainingRows:
@@ -136,15 +149,16 @@ def load_training_rows(data_dir: Path, cfg: SearchTrainConfig, progress: bool = 
     extra = tuple(c for c in ("findings", "mesh") if c in table.columns)
     data = load_imagefolder(Path(data_dir), cfg.image_size, split=cfg.split, text_column=cfg.text_column,
                             workers=cfg.workers, progress=progress, columns=columns + extra)
-    rules, keys = load_mesh_rules(), []
+    rules, keys, findings = load_mesh_rules(), [], []
     for i, text in enumerate(data.captions):
-        row = {c: data.columns[c][i] for c in extra}
-        found = _row_keys(row, rules)
-        keys.append(found if found is not None else label_keys(text_findings(text)[0]))
+        found = _row_findings({c: data.columns[c][i] for c in extra}, rules)
+        findings.append(found)
+        keys.append(label_keys(found if found is not None else text_findings(text)[0]))
     names = {k: j for j, k in enumerate(sorted(set(keys), key=sorted))}
     captions = [[t] + [data.columns[c][i] for c in columns if str(data.columns[c][i]).strip()]
                 for i, t in enumerate(data.captions)]
-    return TrainingRows(data.images[:, 0].numpy(), captions, np.array([names[k] for k in keys]), data.rejects)
+    return TrainingRows(data.images[:, 0].numpy(), captions, np.array([names[k] for k in keys]), data.rejects,
+                        findings)
 
 
 def soft_targets(label_ids, weight: float):
@@ -180,7 +194,9 @@ def build_model(cfg: SearchTrainConfig, tokenizer):
     with torch.random.fork_rng(devices=[]):  # seeded initialisation; the caller's global RNG is untouched
         torch.manual_seed(derived_seed(cfg.seed, "search", "init"))
         model = DualEncoder(config)
-    if cfg.init_image == "phantom_classifier":
+    if cfg.init_from:
+        _load_all_weights(model, cfg.init_from)
+    elif cfg.init_image == "phantom_classifier":
         from synthex.phantom.classifier import load_classifier
 
         clf = load_classifier()
@@ -188,7 +204,7 @@ def build_model(cfg: SearchTrainConfig, tokenizer):
             raise ConfigError(f"init_image: the phantom classifier has channels {clf.config.channels}, "
                               f"the image tower {config.channels}")
         model.features.load_state_dict(clf.features.state_dict())
-    if cfg.init_text == "embedded":
+    if cfg.init_text == "embedded" and not cfg.init_from:
         from safetensors.torch import load_file
 
         from synthex.models.registry import embedded_dir
@@ -204,6 +220,17 @@ def build_model(cfg: SearchTrainConfig, tokenizer):
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.freeze_image_stages(cfg.freeze_image_stages)
     return model
+
+
+def _load_all_weights(model, source: str) -> None:
+    from synthex.search.model import DEFAULT_SEARCH_DIR, load_search_model
+
+    other = load_search_model(DEFAULT_SEARCH_DIR if source == "shipped" else source)
+    try:
+        model.load_state_dict(other.model.state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(f"init_from {source!r}: its architecture differs from this run's "
+                          f"({str(exc)[:200]}); use the same arch keys or leave init_from out") from exc
 
 
 def _tokenizer(cfg: SearchTrainConfig):
@@ -297,6 +324,7 @@ def train_search(data_dir: str | Path, run_dir: str | Path, cfg: SearchTrainConf
 
     from synthex.phantom.classifier import augment_images
     from synthex.search.model import images_to_tensor, save_search_model
+    from synthex.search.paraphrase import paraphrase
     from synthex.train.data import save_rejects
     from synthex.train.loop import LoopSpec, RunContext, TrainingLog, _write_text, run_loop
 
@@ -317,6 +345,10 @@ def train_search(data_dir: str | Path, run_dir: str | Path, cfg: SearchTrainConf
         x = augment_images(images_to_tensor(rows.images[idx], cfg.image_size), gen).to(device)
         picks = torch.randint(0, 1 << 30, (len(idx),), generator=gen).tolist()
         texts = [rows.captions[i][p % len(rows.captions[i])] for i, p in zip(idx, picks)]
+        if cfg.paraphrase > 0:
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
+            texts = [paraphrase(rows.findings[i], rng) if rows.findings[i] is not None
+                     and rng.random() < cfg.paraphrase else t for i, t in zip(idx, texts)]
         enc = tokenizer(texts, padding="max_length", truncation=True, max_length=77, return_tensors="pt")
         targets = soft_targets(labels[idx], cfg.label_weight).to(device)
         return contrastive_loss(model.encode_image(x), model.encode_text(enc["input_ids"].to(device),

@@ -105,9 +105,10 @@ def lr_factor(step: int, max_steps: int, warmup: int, schedule: str, min_ratio: 
 # 2. Files: atomic writes, safetensors state, optimizer state, the CSV log
 # =============================================================================================
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    """UTF-8 text, written atomically (:func:`synthex.io.atomic_write`)."""
+    from synthex.io import atomic_write
+
+    atomic_write(Path(path), lambda fh: fh.write(text.encode("utf-8")))
 
 
 def _save_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
