@@ -42,21 +42,26 @@ class ClassifierConfig:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def conv_blocks(channels) -> nn.Sequential:
+    """Two 3x3 conv-BN-ReLU per stage, then 2x max-pool (shared with the search image tower)."""
+    layers: list[nn.Module] = []
+    c_in = 1
+    for c_out in channels:
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+                   nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+                   nn.MaxPool2d(2)]
+        c_in = c_out
+    return nn.Sequential(*layers)
+
+
 class FindingClassifier(nn.Module):
     """conv-BN-ReLU-pool blocks, global average pooling, one logit per finding."""
 
     def __init__(self, config: ClassifierConfig):
         super().__init__()
         self.config = config
-        layers: list[nn.Module] = []
-        c_in = 1
-        for c_out in config.channels:
-            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-                       nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
-            c_in = c_out
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(c_in, len(config.names))
+        self.features = conv_blocks(config.channels)
+        self.head = nn.Linear(config.channels[-1], len(config.names))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features (N, C): also usable as an image embedding."""

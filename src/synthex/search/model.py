@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from synthex.errors import ConfigError, SynthexError
+from synthex.phantom.classifier import conv_blocks
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +72,6 @@ class DualEncoderConfig:
                               num_attention_heads=self.text_heads, max_position_embeddings=self.max_length,
                               bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id,
                               pad_token_id=self.eos_token_id, projection_dim=self.embed_dim)
-
-
-def conv_blocks(channels: Sequence[int]) -> nn.Sequential:
-    """Two 3x3 conv-BN-ReLU per stage, then 2x max-pool (the finding classifier's layout)."""
-    layers: list[nn.Module] = []
-    c_in = 1
-    for c_out in channels:
-        layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-                   nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-                   nn.MaxPool2d(2)]
-        c_in = c_out
-    return nn.Sequential(*layers)
 
 
 class DualEncoder(nn.Module):
