@@ -539,3 +539,17 @@ def test_kaggle_iu_layout_reports_and_mesh_labels(kaggle_dir, model, tmp_path):
     assert first["report"].startswith("The lungs are clear") and first["report"].endswith("Abnormal.")
     assert "cardiomegaly" in first["labels"] and "opacity:right" in first["labels"]
     assert items["2_IM-0002-1001.dcm.png"]["labels"] == "normal"
+
+
+def test_russian_and_ukrainian_queries_are_searched_in_english(index, model):
+    from synthex.search.query import search
+
+    ru = search(index, model, "Умеренный плевральный выпот справа", k=5)
+    assert ru.language == "ru" and ru.original == "Умеренный плевральный выпот справа"
+    assert ru.query == "Chest x-ray. Pleural effusion right moderate."
+    en = search(index, model, ru.query, k=5, lang="en")
+    assert [h.key for h in ru.hits] == [h.key for h in en.hits]
+    uk = search(index, model, "Помірний плевральний випіт праворуч", k=5)
+    assert uk.language == "uk" and [h.key for h in uk.hits] == [h.key for h in en.hits]
+    with pytest.raises(SynthexError, match="Latin letters"):
+        search(index, model, "vypot sprava")

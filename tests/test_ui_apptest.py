@@ -362,3 +362,24 @@ def test_real_engine_lora_files(monkeypatch, tmp_path):
     finally:
         st.cache_resource.clear()
         st.cache_data.clear()
+
+
+def test_interface_language_switch_translates_labels_and_template(spy):
+    at = app()
+    assert at.tabs[0].label == "Generate"
+    at.selectbox(key="ui_lang").select("uk").run()
+    assert not at.exception
+    assert [tab.label for tab in at.tabs][:2] == ["Генерація", "Порівняння"]
+    assert at.button(key="load").label == "Завантажити модель"
+    # the chosen template follows the language, and its mapping to English is shown
+    assert at.text_area(key="prompt").value == state.templates("uk")["Normal (Healthy)"]
+    assert any("Прочитано як" in c.value and "Chest x-ray. Normal." in c.value for c in at.caption)
+    at.selectbox(key="ui_lang").select("ru").run()
+    at.selectbox(key="template").select("Cardiomegaly").run()
+    assert at.text_area(key="prompt").value == state.templates("ru")["Cardiomegaly"]
+    at.text_area(key="prompt").set_value("Кардиомегалия, абракадабра").run()
+    assert any("абракадабра" in w.value for w in at.warning)
+    at.button(key="load").click().run()
+    at.button(key="generate").click().run()
+    assert not at.exception
+    assert spy.requests[-1].prompt.startswith("Кардиомегалия, абракадабра")  # the engine maps it

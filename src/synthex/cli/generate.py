@@ -154,6 +154,46 @@ def _load(engine: Any, request: Any, source: Path | None) -> None:
                         "pass their files again with --lora PATH:SCALE") from exc
 
 
+LANG_HELP = ("Prompt language: auto (Cyrillic Russian/Ukrainian is mapped to English through the "
+             "glossary), en (use the text unchanged), ru, uk.")
+
+
+def show_mapping(text: str, lang: str, what: str = "prompt") -> None:
+    """Print how a Russian/Ukrainian text was read (and the words the glossary did not know)."""
+    from synthex.text.lang import localise
+
+    _, mapping = localise(text, lang)
+    if mapping is None:
+        return
+    typer.echo(f"{what} ({mapping.language}): {mapping.shown()}", err=True)
+    if mapping.unknown:
+        typer.echo(f"  not in the glossary (ignored): {', '.join(mapping.unknown)}", err=True)
+
+
+@app.command("translate")
+def translate_command(
+    text: str = typer.Argument(..., help='Russian or Ukrainian clinical text, e.g. "Умеренная кардиомегалия".'),
+    lang: str = typer.Option("auto", "--lang", help="auto (detect), ru or uk."),
+    as_json: bool = typer.Option(False, "--json", help="Print the mapping as JSON."),
+) -> None:
+    """Show how a Russian/Ukrainian text maps to the English finding vocabulary (the glossary)."""
+    from synthex.text.lang import map_text
+
+    mapping = map_text(text, lang)
+    if as_json:
+        typer.echo(json.dumps(mapping.to_dict(), indent=2, ensure_ascii=False))
+        return
+    typer.echo(mapping.shown())
+    typer.echo(f"language: {mapping.language}")
+    typer.echo("findings: " + "; ".join(f.describe() for f in mapping.findings))
+    if mapping.negated:
+        typer.echo("denied: " + ", ".join(mapping.negated))
+    if mapping.unknown:
+        typer.echo("not in the glossary (ignored): " + ", ".join(mapping.unknown))
+    for note in mapping.notes:
+        typer.echo(f"note: {note}")
+
+
 @app.command("generate")
 def generate_command(
     prompt: str = typer.Argument(None, help="Clinical description; A1111 weighting like (clear:1.5) works."),
@@ -175,6 +215,7 @@ def generate_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
     allow_download: bool = typer.Option(False, "--allow-download", help="Allow downloading hub models."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    lang: str = typer.Option("auto", "--lang", help=LANG_HELP),
 ) -> None:
     """Generate one or a few images and save them as PNGs with A1111 parameters."""
     from synthex.generate.engine import resolve_seeds
@@ -182,9 +223,11 @@ def generate_command(
 
     fields = {"n": n, "seed": seed, "steps": steps, "guidance": guidance, "sampler": sampler,
               "negative_prompt": negative, "width": width, "height": height, "model": model,
-              "loras": _loras(lora), "batch_size": batch_size, "device": device, "dtype": dtype}
+              "loras": _loras(lora), "batch_size": batch_size, "device": device, "dtype": dtype,
+              "lang": lang}
     request, params = _build_request(prompt, source, fields)
     request.validate()
+    show_mapping(request.prompt, request.lang)
     seeds, drawn = resolve_seeds(request.seed, request.n)
     request.seed = seeds[0]
     paths = output_files(out, seeds, source)
@@ -345,7 +388,7 @@ def compare_command(
 # Wiring
 # --------------------------------------------------------------------------------------------
 COMMANDS = {"generate": generate_command, "info": info_command, "synthesize": synthesize_command,
-            "compare": compare_command}
+            "compare": compare_command, "translate": translate_command}
 
 
 def register(root_app: typer.Typer) -> None:

@@ -46,6 +46,8 @@ def query(
     sheet: Path = typer.Option(None, "--sheet", help="Also draw a contact sheet PNG of the results."),
     backend: str = typer.Option("exact", "--backend", help="exact (numpy) or faiss (pip install faiss-cpu)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing --out / --sheet files."),
+    lang: str = typer.Option("auto", "--lang", help="Query language: auto (Cyrillic Russian/Ukrainian is "
+                             "mapped to English), en (unchanged), ru, uk."),
 ) -> None:
     """Top-k images (or reports) for a text or an image, as a table (and CSV/JSON, a contact sheet)."""
     from synthex.search.index import SearchIndex
@@ -54,7 +56,11 @@ def query(
 
     idx = SearchIndex(index_dir, backend=backend)
     result = search(idx, load_search_model(model or idx.meta.get("model_dir")), text, image, k=k,
-                    mode="reports" if reports else "images")
+                    mode="reports" if reports else "images", lang=lang)
+    if text and image is None:
+        from synthex.cli.generate import show_mapping
+
+        show_mapping(text, lang, "query")
     _print_table(result)
     if out:
         typer.echo(f"wrote {write_results(result, out, overwrite=overwrite)}")

@@ -408,7 +408,9 @@ def _request(job: Job, options: SynthesizeOptions, device: str | None) -> Genera
 
 def _record(job: Job, params: Any) -> dict[str, Any]:
     return {
-        "job": job.index, "file_name": job.file_name, "prompt": job.prompt, "text": job.prompt,
+        # "text" is what the model read: Russian/Ukrainian prompts are mapped to English
+        "job": job.index, "file_name": job.file_name, "prompt": job.prompt, "text": params.prompt or job.prompt,
+        "prompt_language": params.extra.get("Prompt language", "en"),
         "negative_prompt": job.negative_prompt, "seed": params.seed, **job.labels,
         "steps": params.steps, "cfg_scale": params.cfg_scale,
         "sampler": " ".join(filter(None, (params.sampler, params.schedule_type))),

@@ -81,6 +81,10 @@ class GenerationRequest:
     device: str | torch.device | None = None
     dtype: str | torch.dtype | None = None
     batch_size: int = 1
+    lang: str = "auto"
+    """Language of the prompts: "auto" maps Russian/Ukrainian (Cyrillic) text to English through
+    the glossary (:mod:`synthex.text.lang`) and refuses transliterated text; "en" passes the
+    text unchanged; "ru"/"uk" force that glossary."""
 
     def validate(self) -> None:
         """Raise :class:`RequestError` listing every bad value (nothing is corrected silently)."""
@@ -91,6 +95,7 @@ class GenerationRequest:
             _check_side("width", self.width), _check_side("height", self.height),
             _check_int("n", self.n, 1, 100_000), _check_int("batch_size", self.batch_size, 1, 1024),
             _check_model(self.model), _check_device(self.device), _check_dtype(self.dtype),
+            _check_lang(self.lang),
         ) if p]
         problems += _check_loras(self.loras)
         if problems:
@@ -128,6 +133,40 @@ def _check_negative(negative: Any) -> str | None:
     if negative is not None and not isinstance(negative, str):
         return f"negative_prompt: must be text, got {type(negative).__name__}"
     return None
+
+
+def _check_lang(lang: Any) -> str | None:
+    from synthex.text.lang import LANG_CHOICES
+
+    if lang not in LANG_CHOICES:
+        return f"lang: {lang!r} is not one of {', '.join(LANG_CHOICES)}"
+    return None
+
+
+def localise_request(request: GenerationRequest) -> tuple[str, str, dict[str, str]]:
+    """(English prompt, English negative prompt, PNG fields recording the original text).
+
+    Russian/Ukrainian text is mapped to the English finding vocabulary; the original, its
+    language and the words the glossary did not know go into the PNG parameters, so that the
+    image's ``--from`` re-generates from the English text the model saw.
+    """
+    from synthex.text.lang import localise
+
+    prompt, mapping = localise(request.prompt, request.lang)
+    fields: dict[str, str] = {}
+    if mapping is not None:
+        fields["Original prompt"] = mapping.original.strip()
+        fields["Prompt language"] = mapping.language
+        if mapping.unknown:
+            fields["Unmapped words"] = " ".join(mapping.unknown)
+    negative, neg_mapping = localise(request.negative_prompt or "", request.lang)
+    if neg_mapping is not None:
+        # a negative prompt names what to avoid: the findings, without the caption frame
+        negative = neg_mapping.english.removeprefix("Chest x-ray.").strip()
+        fields["Original negative prompt"] = neg_mapping.original.strip()
+        if neg_mapping.unknown:
+            fields["Unmapped negative words"] = " ".join(neg_mapping.unknown)
+    return prompt, negative, fields
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> str | None:
@@ -332,7 +371,8 @@ class Engine:
         if drawn:
             logger.info("random seed %d", seeds[0])
         tick = time.perf_counter()
-        embeds = _encode(loaded.pipe, request.prompt, request.negative_prompt or "")
+        prompt, negative, lang_fields = localise_request(request)
+        embeds = _encode(loaded.pipe, prompt, negative)
         timings["encode"] = time.perf_counter() - tick
         images: list[Any] = []
         timings["denoise"] = timings["decode"] = 0.0
@@ -342,6 +382,10 @@ class Engine:
             images += self._run_batch(loaded, request, embeds, batch, (width, height), progress, timings)
         timings["total"] = time.perf_counter() - start
         params = [self.parameters(request, loaded, seed, width, height) for seed in seeds]
+        if lang_fields:
+            for p in params:
+                p.prompt, p.negative_prompt = prompt, negative
+                p.extra.update(lang_fields)
         return GenerationResult(images, seeds, params, timings, drawn)
 
     def _run_batch(self, loaded: Any, request: GenerationRequest, embeds: dict[str, torch.Tensor],

@@ -469,6 +469,17 @@ def _merge(found: list[Finding]) -> list[Finding]:
     return out
 
 
+def attribute_words() -> dict[str, dict[str, str]]:
+    """The parser's modifier tables: kind ("side", "zone", "severity", "lobe") -> word -> canonical value."""
+    return {kind: dict(table) for kind, table in _patterns()["lookups"].items()}
+
+
+FILLER_WORDS: frozenset[str] = _FILLER
+"""Words the parser reads as carrying no finding ("the", "lung", "seen", ...)."""
+build_finding = _build
+merge_findings = _merge
+
+
 def _subsumes(specific: Finding, vague: Finding) -> bool:
     """True when ``vague`` leaves unset what ``specific`` sets, and agrees on everything else."""
     pairs = [(specific.side, vague.side), (specific.zone, vague.zone), (specific.severity, vague.severity)]

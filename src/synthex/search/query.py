@@ -44,6 +44,8 @@ class SearchResult:
     hits: list[Hit]
     index_dir: str
     model_id: str
+    original: str | None = None  # the Russian/Ukrainian text a mapped query was written in
+    language: str = "en"
 
 
 def _check_model(index, model) -> None:
@@ -73,16 +75,22 @@ def query_vector(model, text: str | None = None, image: str | Path | np.ndarray 
 
 
 def search(index, model, text: str | None = None, image: str | Path | np.ndarray | None = None, *,
-           k: int = 10, mode: str = "images", exclude_self: bool = True) -> SearchResult:
+           k: int = 10, mode: str = "images", exclude_self: bool = True, lang: str = "auto") -> SearchResult:
     """Top ``k`` images (``mode="images"``) or reports (``mode="reports"``) for a text or an image.
 
     An image query that is itself in the index is left out of its own results
-    (``exclude_self``), so "similar images" means other images."""
+    (``exclude_self``), so "similar images" means other images. A Russian or Ukrainian text is
+    read through the glossary (:func:`synthex.text.lang.localise`, ``lang``) and searched in English."""
     if mode not in MODES:
         raise SynthexError(f"unknown search mode {mode!r}; choose 'images' or 'reports'")
     if not 1 <= int(k) <= MAX_K:
         raise SynthexError(f"--k must be between 1 and {MAX_K}, got {k}")
     _check_model(index, model)
+    mapping = None
+    if text is not None and image is None:
+        from synthex.text.lang import localise
+
+        text, mapping = localise(str(text), lang)
     vec = query_vector(model, text, image)
     self_row = _self_row(index, image) if (exclude_self and isinstance(image, (str, Path))) else None
     extra = 1 if self_row is not None else 0
@@ -95,6 +103,9 @@ def search(index, model, text: str | None = None, image: str | Path | np.ndarray
         hits.append(Hit(len(hits) + 1, float(score), item["key"], str(index.path(int(row))), item.get("report", ""),
                         item.get("labels", "")))
     query = str(text).strip() if text is not None and str(text).strip() else f"image:{image if isinstance(image, (str, Path)) else 'array'}"
+    if mapping is not None:
+        return SearchResult(query, mode, hits, str(index.folder), index.model_id, mapping.original.strip(),
+                            mapping.language)
     return SearchResult(query, mode, hits, str(index.folder), index.model_id)
 
 
@@ -122,7 +133,8 @@ def write_results(result: SearchResult, path: str | Path, *, overwrite: bool = F
         raise SynthexError(f"{path}: results are written as .csv or .json; give a file name ending in one of them")
     _check_new(path, overwrite)
     if suffix == ".json":
-        body = json.dumps({"query": result.query, "mode": result.mode, "index": result.index_dir,
+        body = json.dumps({"query": result.query, "original_query": result.original,
+                           "query_language": result.language, "mode": result.mode, "index": result.index_dir,
                            "model_id": result.model_id, "hits": [asdict(h) for h in result.hits]},
                           indent=1, ensure_ascii=False).encode()
     else:

@@ -64,7 +64,7 @@ def init_state() -> None:
     defaults = {
         "active": None, "load_status": None, "results": [], "history": [], "compare_result": None,
         "prompt": state.templates().get("Normal (Healthy)", ""), "negative": "",
-        "template": "Normal (Healthy)", "seed": state.DEFAULT_SEED,
+        "template": "Normal (Healthy)", "seed": state.DEFAULT_SEED, "ui_lang": "en",
     }
     for key, value in defaults.items():
         st.session_state.setdefault(key, value)
@@ -73,10 +73,27 @@ def init_state() -> None:
 # --------------------------------------------------------------------------------------------
 # Callbacks
 # --------------------------------------------------------------------------------------------
+def lang() -> str:
+    """The interface language chosen in the sidebar (en, uk, ru)."""
+    return st.session_state.get("ui_lang", "en")
+
+
+def t(key: str) -> str:
+    return state.tr(key, lang())
+
+
 def apply_template() -> None:
     name = st.session_state.get("template", state.CUSTOM_TEMPLATE)
     if name != state.CUSTOM_TEMPLATE:
-        st.session_state["prompt"] = state.templates()[name]
+        st.session_state["prompt"] = state.templates(lang())[name]
+
+
+def switch_language() -> None:
+    """A template prompt follows the interface language; a typed prompt is kept."""
+    name = st.session_state.get("template", state.CUSTOM_TEMPLATE)
+    if name != state.CUSTOM_TEMPLATE and st.session_state.get("prompt") in {
+            state.templates(code).get(name) for code in state.UI_LANGUAGES}:
+        apply_template()
 
 
 def use_structured_prompt() -> None:
@@ -96,7 +113,7 @@ def reuse_seed(seed: int) -> None:
 def model_section() -> None:
     registry = get_registry()
     default = state.default_model(registry.default)
-    choice = st.selectbox("Model preset", state.model_choices(registry.names(), default),
+    choice = st.selectbox(t("model_preset"), state.model_choices(registry.names(), default),
                           key="model_choice", help="Presets from config/models.yaml (and "
                           "$SYNTHEX_MODELS_FILE); 'Custom path...' takes a diffusers folder.")
     preset_loras: list[str] = []
@@ -118,7 +135,7 @@ def model_section() -> None:
         path = st.text_input(f"LoRA {i + 1} path (.safetensors)", key=f"lora_path_{i}")
         scale = st.slider(f"LoRA {i + 1} strength", 0.0, 1.0, 0.8, 0.1, key=f"lora_scale_{i}")
         rows.append((path, scale))
-    if st.button("Load model", type="primary", key="load"):
+    if st.button(t("load_model"), type="primary", key="load"):
         load_model(model, choice == state.CUSTOM_MODEL, rows, preset_loras, strength)
     show_status()
     st.session_state["_wanted_loras"] = (rows, preset_loras, strength)
@@ -164,10 +181,10 @@ def load_model(model: str, custom: bool, rows: list, preset_loras: list[str], st
 def show_status() -> None:
     active = st.session_state.get("active")
     if active:
-        st.markdown(f"<span class='sx-badge' data-testid='sx-active'>Active model: "
+        st.markdown(f"<span class='sx-badge' data-testid='sx-active'>{t('active_model')}: "
                     f"{html.escape(active['name'])}</span>", unsafe_allow_html=True)
     else:
-        st.markdown("<span class='sx-badge off'>No model loaded</span>", unsafe_allow_html=True)
+        st.markdown(f"<span class='sx-badge off'>{t('no_model')}</span>", unsafe_allow_html=True)
     status = st.session_state.get("load_status")
     if status:
         getattr(st, status[0])(status[1])
@@ -190,14 +207,14 @@ def parameter_section() -> dict[str, Any]:
 
     low, high, default = state.STEPS_RANGE
     values = {
-        "steps": st.slider("Inference steps", low, high, default, 1, key="steps"),
-        "guidance": st.slider("Guidance scale", *state.GUIDANCE_RANGE[:2],
+        "steps": st.slider(t("steps"), low, high, default, 1, key="steps"),
+        "guidance": st.slider(t("guidance"), *state.GUIDANCE_RANGE[:2],
                               value=state.GUIDANCE_RANGE[2], step=0.1, key="guidance"),
-        "seed": st.text_input("Seed", key="seed", help="Empty = random in [0, 2^32-1]."),
-        "sampler": st.selectbox("Sampler", SAMPLERS, key="sampler"),
-        "size": st.selectbox("Image size", state.SIZES, key="size",
+        "seed": st.text_input(t("seed"), key="seed", help="Empty = random in [0, 2^32-1]."),
+        "sampler": st.selectbox(t("sampler"), SAMPLERS, key="sampler"),
+        "size": st.selectbox(t("size"), state.SIZES, key="size",
                              help="The embedded model was trained at 128x128."),
-        "n": st.number_input("Number of images", 1, state.MAX_BATCH, 1, key="n",
+        "n": st.number_input(t("n"), 1, state.MAX_BATCH, 1, key="n",
                              help="Image k uses seed + k."),
     }
     return values
@@ -271,7 +288,7 @@ def show_gallery(items: list[dict[str, Any]], prefix: str) -> None:
         with columns[i % 2 if len(items) > 1 else 0]:
             st.image(item["png"], caption=f"{item['prompt']} (seed {item['seed']})",
                      width="stretch")
-            st.download_button("Download PNG", data=item["png"], file_name=item["name"],
+            st.download_button(t("download"), data=item["png"], file_name=item["name"],
                                mime="image/png", key=f"{prefix}_dl_{i}", on_click="ignore")
             st.button(f"Reuse seed {item['seed']}", key=f"{prefix}_reuse_{i}",
                       on_click=reuse_seed, args=(item["seed"],))
@@ -296,41 +313,50 @@ def generate_tab(params: dict[str, Any], loaded: bool) -> None:
         if st.session_state["results"]:
             show_gallery(st.session_state["results"], "gen")
         else:
-            st.caption("Generated images appear here, with their seeds and a PNG download.")
+            st.caption(t("results_placeholder"))
 
 
 def prompt_inputs(loaded: bool) -> tuple[str, str, bool]:
-    st.selectbox("Clinical description template", list(state.templates()), key="template",
-                 on_change=apply_template)
-    with st.expander("Structured prompt builder"):
-        st.multiselect("Findings", list(state.FINDINGS), key="sb_findings")
+    code = lang()
+    st.selectbox(t("template"), list(state.templates(code)), key="template", on_change=apply_template,
+                 format_func=lambda name: state.template_label(name, code))
+    with st.expander(t("builder")):
+        st.multiselect(t("findings"), list(state.FINDINGS), key="sb_findings")
         left, right = st.columns(2)
-        left.selectbox("Side", state.SIDES, key="sb_side", format_func=lambda s: s or "(none)")
-        right.selectbox("Severity", state.SEVERITIES, key="sb_severity",
+        left.selectbox(t("side"), state.SIDES, key="sb_side", format_func=lambda s: s or "(none)")
+        right.selectbox(t("severity"), state.SEVERITIES, key="sb_severity",
                         format_func=lambda s: s or "(none)")
         st.code(state.build_structured_prompt(st.session_state.get("sb_findings", []),
                                               st.session_state.get("sb_side", ""),
                                               st.session_state.get("sb_severity", "")),
                 language=None, wrap_lines=True)
-        st.button("Use this prompt", key="sb_use", on_click=use_structured_prompt)
-    prompt = st.text_area("Prompt (English)", key="prompt", height=150,
-                          help='"Chest x-ray." is appended when missing.')
-    negative = st.text_area("Negative prompt (optional)", key="negative", height=68)
-    clicked = st.button("Generate", type="primary", key="generate", disabled=not loaded,
+        st.button(t("use_prompt"), key="sb_use", on_click=use_structured_prompt)
+    prompt = st.text_area(t("prompt"), key="prompt", height=150,
+                          help='"Chest x-ray." is appended when missing. Russian and Ukrainian text is '
+                               'mapped to the English finding vocabulary (synthex translate).')
+    shown, unknown, problem = state.prompt_mapping(prompt)
+    if shown:
+        st.caption(f"{t('mapped')}: {shown}")
+    if unknown:
+        st.warning(f"{t('unknown_words')}: {', '.join(unknown)}")
+    if problem:
+        st.error(problem)
+    negative = st.text_area(t("negative"), key="negative", height=68)
+    clicked = st.button(t("generate"), type="primary", key="generate", disabled=not loaded,
                         help=None if loaded else "Load a model first (sidebar).")
     if not loaded:
-        st.info("Load a model in the sidebar to enable Generate.")
+        st.info(t("load_first"))
     return prompt, negative, clicked
 
 
 def compare_tab(params: dict[str, Any], loaded: bool) -> None:
-    templates = state.templates()
-    st.caption("Two prompts with one seed and the same settings; the heat map shows |A - B| x 2.")
+    templates = state.templates(lang())
+    st.caption(t("compare_caption"))
     st.session_state.setdefault("cmp_a", templates.get("Normal (Healthy)", ""))
     st.session_state.setdefault("cmp_b", templates.get("Cardiomegaly", ""))
     a = st.text_area("Prompt A", key="cmp_a", height=100)
     b = st.text_area("Prompt B", key="cmp_b", height=100)
-    if st.button("Compare", key="compare", disabled=not loaded):
+    if st.button(t("compare"), key="compare", disabled=not loaded):
         base, problems = state.build_request(controls({**params, "n": 1}, a, ""))
         problems += state.check_prompt(b, "Prompt B")
         for problem in problems:
@@ -410,7 +436,7 @@ def info_tab(loaded: bool) -> None:
 def history_tab() -> None:
     history = st.session_state["history"]
     if not history:
-        st.caption("Images generated in this session appear here.")
+        st.caption(t("history_empty"))
         return
     for record in history:
         key = f"hist_{int(record.created * 1e6)}_{record.seed}"
@@ -419,7 +445,7 @@ def history_tab() -> None:
         with right:
             st.markdown(f"**{html.escape(record.label)}** · {record.sampler} · {record.size}")
             st.code(record.prompt, language=None, wrap_lines=True)
-            st.download_button("Download PNG", data=record.png, key=f"{key}_dl", on_click="ignore",
+            st.download_button(t("download"), data=record.png, key=f"{key}_dl", on_click="ignore",
                                file_name=state.download_name(record.seed), mime="image/png")
             st.button(f"Reuse seed {record.seed}", key=f"{key}_reuse", on_click=reuse_seed,
                       args=(record.seed,))
@@ -433,17 +459,19 @@ def main() -> None:
     st.markdown(CSS, unsafe_allow_html=True)
     init_state()
     st.title("SynTheX-Ray")
-    st.markdown(f"<div class='sx-banner'>⚠️ {state.BANNER} Every PNG is labelled synthetic in its "
-                "metadata.</div>", unsafe_allow_html=True)
+    with st.sidebar:
+        st.selectbox("🌐 " + t("language"), list(state.UI_LANGUAGES), key="ui_lang",
+                     format_func=state.UI_LANGUAGES.get, on_change=switch_language)
+    st.markdown(f"<div class='sx-banner'>⚠️ {html.escape(t('banner'))}</div>", unsafe_allow_html=True)
     if st.session_state.get("flash"):
         st.error(st.session_state.pop("flash"))
     with st.sidebar:
-        st.header("Model")
+        st.header(t("model_header"))
         model_section()
-        st.header("Generation parameters")
+        st.header(t("params_header"))
         params = parameter_section()
     loaded = st.session_state.get("active") is not None
-    tabs = st.tabs(["Generate", "Compare", "PNG info", "History", "Search"])
+    tabs = st.tabs([t(k) for k in ("tab_generate", "tab_compare", "tab_info", "tab_history", "tab_search")])
     with tabs[0]:
         generate_tab(params, loaded)
     with tabs[1]:

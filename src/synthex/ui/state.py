@@ -50,15 +50,67 @@ def ensure_suffix(prompt: str) -> str:
     return f"{text} {SUFFIX}"
 
 
+UI_LANGUAGES = {"en": "English", "uk": "Українська", "ru": "Русский"}
+
+
 @lru_cache(maxsize=1)
-def templates() -> dict[str, str]:
-    """Template name -> clinical description, "Custom" (empty) first."""
+def _template_file() -> dict[str, Any]:
     import yaml
 
     text = resources.files("synthex.config").joinpath("ui_templates.yaml").read_text(encoding="utf-8")
-    data = yaml.safe_load(text) or {}
+    return yaml.safe_load(text) or {}
+
+
+@lru_cache(maxsize=4)
+def templates(lang: str = "en") -> dict[str, str]:
+    """Template name -> clinical description in ``lang`` (en, uk, ru), "Custom" (empty) first.
+
+    Names are the English ones in every language (they are widget values); see
+    :func:`template_label` for the shown name."""
+    data = _template_file()
     found = {str(k): " ".join(str(v).split()) for k, v in (data.get("templates") or {}).items()}
+    if lang != "en":
+        local = (data.get("localised") or {}).get(lang) or {}
+        found = {k: " ".join(str(local[k]["text"]).split()) if k in local else v for k, v in found.items()}
     return {CUSTOM_TEMPLATE: "", **found}
+
+
+def template_label(name: str, lang: str = "en") -> str:
+    """The shown name of a template in ``lang``."""
+    if name == CUSTOM_TEMPLATE:
+        return {"uk": "Власний", "ru": "Свой"}.get(lang, name)
+    local = ((_template_file().get("localised") or {}).get(lang) or {}).get(name) or {}
+    return str(local.get("name", name))
+
+
+@lru_cache(maxsize=1)
+def ui_strings() -> dict[str, dict[str, str]]:
+    import yaml
+
+    text = resources.files("synthex.config").joinpath("ui_strings.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text) or {}
+
+
+def tr(key: str, lang: str = "en") -> str:
+    """Interface text ``key`` in ``lang`` (English when that language lacks it)."""
+    entry = ui_strings().get(key)
+    if entry is None:
+        raise KeyError(f"no interface text {key!r} in ui_strings.yaml")
+    return str(entry.get(lang) or entry["en"])
+
+
+def prompt_mapping(prompt: str) -> tuple[str | None, list[str], str | None]:
+    """(``original -> English`` line, unknown words, error) for a Russian/Ukrainian prompt;
+    (None, [], None) for English text."""
+    from synthex.text.lang import has_cyrillic, map_text
+
+    if not prompt or not has_cyrillic(prompt):
+        return None, [], None
+    try:
+        mapping = map_text(prompt)
+    except SynthexError as exc:
+        return None, [], short_error(exc)
+    return mapping.shown(), mapping.unknown, None
 
 
 _LRB = ("right", "left", "bilateral")
