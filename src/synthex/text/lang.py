@@ -214,7 +214,7 @@ def _clause(items: list[_Item]) -> tuple[list[tuple[str, dict]], list[str], bool
             parts.append([])
         else:
             parts[-1].append(it)
-    groups = [[it for it in part] for part in parts if part]
+    groups = [part for part in parts if part]
     # parts with modifiers only refine a neighbour part that names a finding
     merged: list[list[_Item]] = []
     pending: list[_Item] = []
