@@ -216,3 +216,26 @@ def test_interface_strings_and_templates_in_three_languages():
             assert text != english[name] and state.template_label(name, lang) != name
             mapping = map_text(text)
             assert mapping.language == lang and mapping.unknown == [], (name, mapping.unknown)
+
+
+def test_broken_glossary_yaml_is_a_config_error(monkeypatch):
+    from synthex.errors import ConfigError
+    from synthex.text import glossary
+
+    class Broken:
+        def joinpath(self, name):
+            return self
+
+        def read_text(self, encoding="utf-8"):
+            return "language: ru\nfindings:\n  cardiomegaly: [слово{,а}, ]\n"
+
+    glossary.load_glossary.cache_clear()
+    monkeypatch.setattr(glossary.resources, "files", lambda package: Broken())
+    try:
+        with pytest.raises(ConfigError, match="glossary_ru.yaml is not valid YAML"):
+            glossary.load_glossary("ru")
+    finally:
+        monkeypatch.undo()
+        glossary.load_glossary.cache_clear()
+    with pytest.raises(SynthexError, match="--lang ru"):
+        map_text("moderate cardiomegaly")

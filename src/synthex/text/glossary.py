@@ -200,7 +200,10 @@ def load_glossary(lang: str) -> Glossary:
     if lang not in LANGUAGES:
         raise SynthexError(f"no glossary for language {lang!r}; available: {', '.join(LANGUAGES)} (and en)")
     source = f"glossary_{lang}.yaml"
-    data = yaml.safe_load(resources.files("synthex.config").joinpath(source).read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(resources.files("synthex.config").joinpath(source).read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML ({exc}); quote phrases that hold braces or colons") from exc
     if not isinstance(data, dict) or data.get("language") != lang:
         raise ConfigError(f"{source}: must be a mapping with 'language: {lang}'")
     unknown = set(data) - {"language", "name", *KINDS}

@@ -276,7 +276,7 @@ def map_text(text: str, lang: str = "auto") -> TextMapping:
         if lang == "en":
             check_not_transliterated(text)
             raise SynthexError(f"{text!r} has no Cyrillic letters: it is read as English, not mapped "
-                               "(pass lang='ru' or 'uk' to map it anyway)")
+                               "(pass --lang ru or --lang uk to map it anyway)")
     shown_lang = lang + ("+en" if detected.endswith("+en") else "")
     glossary = load_glossary(lang) if lang != "en" else load_glossary("ru")
     notes: list[str] = []
