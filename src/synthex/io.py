@@ -46,3 +46,35 @@ def short_hash(path_or_bytes: str | os.PathLike[str] | bytes, length: int = 10) 
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:length]
+
+
+def _read_source(path_or_bytes: str | os.PathLike[str] | bytes) -> bytes:
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        return bytes(path_or_bytes)
+    path = Path(path_or_bytes)
+    if not path.is_file():
+        raise SynthexError(f"{path}: no such file to hash")
+    return path.read_bytes()
+
+
+def addnet_hash(path_or_bytes: str | os.PathLike[str] | bytes) -> str:
+    """The "addnet" hash of a .safetensors file: SHA-256 (64 hex digits) of the bytes after the
+    header, so that editing the metadata does not change it.
+
+    AUTOMATIC1111 writes its first 12 digits in ``Lora hashes``; kohya sd-scripts stores it as
+    ``sshs_model_hash``; civitai looks LoRAs up by it.
+    """
+    data = _read_source(path_or_bytes)
+    if len(data) < 8:
+        raise SynthexError("not a .safetensors file (shorter than its 8-byte header length)")
+    header_len = int.from_bytes(data[:8], "little")
+    if 8 + header_len > len(data):
+        raise SynthexError("not a .safetensors file (the header length runs past the end of the file)")
+    return hashlib.sha256(data[8 + header_len:]).hexdigest()
+
+
+def addnet_legacy_hash(path_or_bytes: str | os.PathLike[str] | bytes) -> str:
+    """kohya's ``sshs_legacy_hash``: 8 hex digits of the SHA-256 of 64 KiB read at offset 1 MiB
+    (the old AUTOMATIC1111 model hash; empty input past 1 MiB hashes the empty string)."""
+    data = _read_source(path_or_bytes)
+    return hashlib.sha256(data[0x100000:0x100000 + 0x10000]).hexdigest()[:8]
