@@ -211,7 +211,7 @@ def test_cli_refuses_to_overwrite(tmp_path: Path, monkeypatch, capsys):
     out = tmp_path / "x.png"
     out.write_bytes(b"precious")
     result = runner.invoke(app, ["phantom", "render", "normal", "-o", str(out), "--size", "64"])
-    assert isinstance(result.exception, OutputExistsError)
+    assert result.exit_code == 2 and "already exists" in result.output and "--overwrite" in result.output
     assert out.read_bytes() == b"precious"
     from synthex.cli import main
 

@@ -1,7 +1,7 @@
 """The ``synthex`` command: a thin Typer app with one sub-command group per stage.
 
-Each command parses its input, calls one library function and prints the result. Library
-errors (:class:`synthex.errors.SynthexError`) are printed as one line and exit with status 2.
+Each command parses its input, calls one library function and prints the result. Errors
+are printed as one line by :mod:`synthex.cli.boundary` (exit status 2).
 """
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ from synthex.cli import phantom as phantom_cli
 from synthex.cli import search as search_cli
 from synthex.cli import train as train_cli
 from synthex.cli import ui as ui_cli
-from synthex.errors import SynthexError
+from synthex.cli.boundary import BoundaryGroup, report, show_tracebacks
+from synthex.cli.boundary import click_exceptions as _cx
 
 app = typer.Typer(
+    cls=BoundaryGroup,
     name="synthex",
     help="SynTheX-Ray: clinical text -> synthetic chest X-rays. For research, not diagnosis.",
     no_args_is_help=True,
@@ -39,6 +41,7 @@ evaluate_cli.register(app)
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
 ) -> None:
+    show_tracebacks(verbose)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -51,12 +54,18 @@ def version() -> None:
 
 
 def run(typer_app: typer.Typer) -> None:
-    """Run a Typer app, printing library errors as one line (exit status 2)."""
+    """Run a Typer app; errors read as one line (see :mod:`synthex.cli.boundary`)."""
     try:
         typer_app()
-    except SynthexError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+    except BaseException as err:  # noqa: BLE001 - errors raised before a command starts
+        if isinstance(err, SystemExit):
+            raise
+        if isinstance(err, _cx.Exit):
+            sys.exit(err.exit_code)
+        if isinstance(err, _cx.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        sys.exit(report(err))
 
 
 def main() -> None:

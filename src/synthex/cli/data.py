@@ -5,7 +5,9 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Read, check, clean, select and caption IU X-ray data.", no_args_is_help=True)
+from synthex.cli.boundary import BoundaryGroup
+
+app = typer.Typer(cls=BoundaryGroup, help="Read, check, clean, select and caption IU X-ray data.", no_args_is_help=True)
 
 SOURCE_HELP = "Kaggle folder, Open-i folder or .tgz, or 'bundled' (the real reports shipped by torchxrayvision)."
 

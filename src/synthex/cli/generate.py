@@ -15,9 +15,10 @@ from typing import Any
 
 import typer
 
+from synthex.cli.boundary import BoundaryGroup
 from synthex.errors import OutputExistsError, SynthexError
 
-app = typer.Typer(help="Generate synthetic chest X-rays (research use, not diagnosis).",
+app = typer.Typer(cls=BoundaryGroup, help="Generate synthetic chest X-rays (research use, not diagnosis).",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
 MODEL_HELP = "Model preset (see 'synthex info --models'), diffusers folder or hub id."

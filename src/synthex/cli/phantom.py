@@ -5,7 +5,9 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Render synthetic phantom chest X-rays with exact ground truth.", no_args_is_help=True)
+from synthex.cli.boundary import BoundaryGroup
+
+app = typer.Typer(cls=BoundaryGroup, help="Render synthetic phantom chest X-rays with exact ground truth.", no_args_is_help=True)
 
 
 @app.command()

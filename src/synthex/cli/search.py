@@ -5,7 +5,9 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Search chest X-rays by text or by a similar image, and search their reports.",
+from synthex.cli.boundary import BoundaryGroup
+
+app = typer.Typer(cls=BoundaryGroup, help="Search chest X-rays by text or by a similar image, and search their reports.",
                   no_args_is_help=True)
 
 MODEL_HELP = "Search model folder (default: the shipped embedded dual encoder)."

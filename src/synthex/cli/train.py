@@ -5,7 +5,9 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Train models: the embedded model from scratch, LoRA adapters, the search dual encoder.",
+from synthex.cli.boundary import BoundaryGroup
+
+app = typer.Typer(cls=BoundaryGroup, help="Train models: the embedded model from scratch, LoRA adapters, the search dual encoder.",
                   no_args_is_help=True)
 
 
