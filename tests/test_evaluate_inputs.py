@@ -188,3 +188,41 @@ def test_plain_folders_without_labels_skip_label_metrics_and_say_so(folders, tmp
     assert set(result.skipped) == {"alignment", "utility"}
     assert result.results["fidelity"]["per_finding_skipped"] == "no labels in one of the sets"
     assert "**alignment not computed**" in result.report_md.read_text()
+
+
+def test_metadata_rows_pointing_outside_the_folder_are_rejected_not_read(folders, tmp_path):
+    """Issue 13 item 2: ../ and absolute paths in metadata.csv used to be followed."""
+    outside = tmp_path / "outside.png"
+    Image.fromarray(np.full((64, 64), 200, np.uint8)).save(outside)
+    bad = copy(folders["real"], tmp_path / "bad")
+    frame = pd.read_csv(bad / "metadata.csv", dtype=str, keep_default_na=False)
+    extra = frame.iloc[:4].copy()
+    extra["file_name"] = ["../outside.png", str(outside), "/etc/passwd", frame.file_name[0]]
+    pd.concat([frame, extra]).to_csv(bad / "metadata.csv", index=False)
+    s = load_image_set(bad, "real")
+    assert len(s) == 40 and all(bad in p.parents for p in s.files)
+    reasons = dict(s.rejects)
+    assert "climbs out" in reasons["../outside.png"] and "absolute" in reasons[str(outside)]
+    assert "absolute" in reasons["/etc/passwd"] and "listed twice" in reasons[frame.file_name[0]]
+    assert s.labels.shape[0] == 40
+
+
+def test_bad_numbers_and_same_folder_and_one_sided_label_columns_are_said(folders, tmp_path):
+    for field, value, flag in [("bootstrap", -1, "--bootstrap"), ("steps", 0, "--steps"), ("seed", -1, "--seed"),
+                               ("guidance", float("nan"), "--cfg"), ("per_prompt", 0, "--n")]:
+        options = EvaluationOptions(real=folders["real"], synthetic=folders["synthetic"], out=tmp_path / field,
+                                    progress=False, **{field: value})
+        with pytest.raises(SynthexError, match=flag):
+            evaluate(options)
+        assert not (tmp_path / field).exists()
+    same = evaluate(EvaluationOptions(real=folders["real"], synthetic=folders["real"], out=tmp_path / "same",
+                                      metrics=("fidelity",), progress=False, bootstrap=0))
+    assert any("same folder" in w for w in same.warnings)
+    assert "same folder" in same.report_md.read_text()
+    one = copy(folders["synthetic"], tmp_path / "one")
+    frame = pd.read_csv(one / "metadata.csv")
+    frame["cardiomegaly"] = frame.text.str.contains("cardiomegaly").astype(int)
+    frame.to_csv(one / "metadata.csv", index=False)
+    result = evaluate(EvaluationOptions(real=folders["real"], synthetic=one, out=tmp_path / "one-sided",
+                                        metrics=("fidelity",), progress=False, bootstrap=0))
+    assert any("only the synthetic metadata.csv has finding columns (cardiomegaly)" in w for w in result.warnings)

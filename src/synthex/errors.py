@@ -39,3 +39,17 @@ class ImageReadError(SynthexError):
 
     def __reduce__(self):  # picklable across worker processes
         return type(self), (self.path, self.reason)
+
+
+class OutsidePathError(DataSourceError):
+    """A row of a data file names a file outside its folder (absolute, ``..``) or no file."""
+
+    def __init__(self, folder: str | os.PathLike[str], name: str, reason: str) -> None:
+        self.folder = Path(folder)
+        self.name = name
+        self.reason = reason
+        super().__init__(f"{name!r} in {self.folder}: {reason}; a data file may only name files inside its "
+                         "folder, as paths relative to it (e.g. images/0001.png)")
+
+    def __reduce__(self):
+        return type(self), (self.folder, self.name, self.reason)

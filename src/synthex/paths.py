@@ -36,3 +36,28 @@ def bundled_file(name: str) -> Path:
             f"{path} is missing from the installed torchxrayvision; reinstall it ({_INSTALL_HINT})"
         )
     return path
+
+
+def member_path(folder: str | Path, name: object) -> Path:
+    """The file that one row of a data file (``metadata.csv``, a prompts CSV, a projections
+    table) names: ``folder / name``, refused with :class:`~synthex.errors.OutsidePathError` when
+    the name is empty, absolute (``/etc/passwd``, ``C:\\x``) or climbs out with ``..``.
+
+    The check is on the text, so an image folder that is a symlink inside ``folder`` still works;
+    what a data file says can never reach outside it. Backslashes count as separators (CSV files
+    written on Windows).
+    """
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    from synthex.errors import OutsidePathError
+
+    text = "" if name is None else str(name).strip()
+    if not text or text.lower() == "nan":
+        raise OutsidePathError(folder, text, "the file name is empty")
+    posix = text.replace("\\", "/")
+    if PurePosixPath(posix).is_absolute() or PureWindowsPath(text).drive or PureWindowsPath(text).root:
+        raise OutsidePathError(folder, text, "an absolute path")
+    parts = PurePosixPath(posix).parts
+    if ".." in parts:
+        raise OutsidePathError(folder, text, "it climbs out of the folder with '..'")
+    return Path(folder).joinpath(*[p for p in parts if p != "."])

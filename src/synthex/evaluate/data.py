@@ -88,6 +88,34 @@ def _read_metadata(folder: Path):
     return frame
 
 
+def _listed_files(folder: Path, frame):
+    """The files metadata.csv names, in its folder: a row naming a path outside the folder
+    (absolute, ``..``), an empty name or a file already listed is rejected with its reason."""
+    from synthex.errors import OutsidePathError
+    from synthex.paths import member_path
+
+    files, rows, rejects, seen = [], [], [], set()
+    for i, value in enumerate(frame["file_name"]):
+        try:
+            path = member_path(folder, value)
+        except OutsidePathError as exc:
+            rejects.append((str(value), f"metadata.csv row {i + 2}: {exc.reason}; only files inside {folder} "
+                                        "are read"))
+            continue
+        if str(path) in seen:
+            rejects.append((str(value), f"metadata.csv row {i + 2}: listed twice (the first row is used)"))
+            continue
+        seen.add(str(path))
+        files.append(path)
+        rows.append(i)
+    return files, frame.iloc[rows].reset_index(drop=True), rejects
+
+
+def _first(rejects: list[tuple[str, str]], n: int = 3) -> str:
+    shown = "; ".join(f"{f}: {r}" for f, r in rejects[:n])
+    return shown + (f" (and {len(rejects) - n} more)" if len(rejects) > n else "")
+
+
 def _plain_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
@@ -213,10 +241,16 @@ def load_image_set(folder: str | Path, name: str, *, label_source: str | None = 
     if not folder.is_dir():
         raise SynthexError(f"{name} folder {folder} does not exist; pass a folder of images")
     frame = _read_metadata(folder)
-    files = [folder / str(f) for f in frame["file_name"]] if frame is not None else _plain_files(folder)
+    listed_rejects: list[tuple[str, str]] = []
+    if frame is not None:
+        files, frame, listed_rejects = _listed_files(folder, frame)
+    else:
+        files = _plain_files(folder)
     if not files:
-        raise SynthexError(f"{name} folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise SynthexError(f"{name} folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+                           + (f"; metadata.csv rows rejected: {_first(listed_rejects)}" if listed_rejects else ""))
     arrays, kept, hashes, rejects, converted = _load_pixels(files, name, progress)
+    rejects = listed_rejects + rejects
     if len(kept) < min_images:
         raise SynthexError(f"{name} set {folder}: {len(kept)} readable images ({len(rejects)} rejected), "
                            f"at least {min_images} are needed; add images")

@@ -363,9 +363,10 @@ def write_report(out: Path, results: dict, ctx: dict):
     out.mkdir(parents=True, exist_ok=True)
     sets = ctx["sets"]
     blocks = [Block("h2", "Overview")] + _overview(ctx)
+    blocks += [Block("p", f"**Warning:** {w}") for w in ctx.get("warnings", [])]
     blocks.append(Block("figure", _fig_samples(out, sets["real"], sets["synthetic"]),
                         "real (top) and synthetic (bottom)"))
-    warnings = list(results.get("fidelity", {}).get("warnings", []))
+    warnings = list(ctx.get("warnings", [])) + list(results.get("fidelity", {}).get("warnings", []))
     if "fidelity" in results:
         blocks += _fidelity_blocks(results["fidelity"])
     if "diversity" in results:

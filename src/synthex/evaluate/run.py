@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from synthex.errors import OutputExistsError, SynthexError
-from synthex.evaluate.data import ImageSet, _read_metadata, common_label_source, load_image_set
+from synthex.evaluate.data import ImageSet, _read_metadata, common_label_source, label_columns, load_image_set
 from synthex.evaluate.features import SynthexExtractor, cached_features, make_extractor
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,36 @@ class EvaluationResult:
 # --------------------------------------------------------------------------------------------
 # 1. Options and the report folder
 # --------------------------------------------------------------------------------------------
+_AT_LEAST = {"per_prompt": ("--n", 1), "steps": ("--steps", 1), "k": ("k", 1), "bootstrap": ("--bootstrap", 0),
+             "kid_subsets": ("kid_subsets", 1), "min_images": ("min_images", 2), "min_per_finding": ("min_per_finding", 1),
+             "diversity_pairs": ("diversity_pairs", 1), "privacy_calibration": ("privacy_calibration", 1),
+             "ctr_probe_n": ("--ctr-probe", 0), "utility_epochs": ("--utility-epochs", 1),
+             "utility_size": ("utility_size", 16), "seed": ("--seed", 0)}
+
+
+def _check_numbers(o: EvaluationOptions) -> None:
+    import math
+
+    for name, (flag, low) in _AT_LEAST.items():
+        value = getattr(o, name)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise SynthexError(f"{flag} {value!r}: must be a whole number >= {low}")
+    if not math.isfinite(float(o.guidance)) or o.guidance < 0:
+        raise SynthexError(f"--cfg {o.guidance!r}: must be a finite number >= 0")
+    if not 0 < float(o.utility_test_fraction) < 1:
+        raise SynthexError(f"utility_test_fraction {o.utility_test_fraction!r}: must be between 0 and 1")
+
+
+def same_folder_warnings(o: EvaluationOptions) -> list[str]:
+    """A synthetic set that is the real set scores perfectly and says nothing: warn."""
+    if o.synthetic is not None and Path(o.synthetic).resolve() == Path(o.real).resolve():
+        return [f"--synthetic is the same folder as --real ({o.real}): every metric compares the set with "
+                "itself (FID ~0, every image flagged by the privacy audit); pass the synthetic images' folder"]
+    return []
+
+
 def check_options(o: EvaluationOptions) -> None:
+    _check_numbers(o)
     bad = [m for m in o.metrics if m not in METRICS]
     if bad or not o.metrics:
         raise SynthexError(f"metrics {bad or '(none)'}: choose from {', '.join(METRICS)}")
@@ -110,6 +139,17 @@ def _generate(o: EvaluationOptions) -> Path:
 def _columns(folder: Path) -> list[str]:
     frame = _read_metadata(Path(folder)) if Path(folder).is_dir() else None
     return [] if frame is None else list(frame.columns)
+
+
+def label_column_warnings(real_columns, synth_columns) -> list[str]:
+    """Finding columns that only one set has are not used: say so."""
+    real_cols, synth_cols = label_columns(real_columns), label_columns(synth_columns)
+    if bool(real_cols) == bool(synth_cols):
+        return []
+    which, cols = ("real", real_cols) if real_cols else ("synthetic", synth_cols)
+    return [f"only the {which} metadata.csv has finding columns ({', '.join(sorted(cols))}); they are not used "
+            "and labels come from the text or MeSH both sets share (add the same columns to the other set to "
+            "use them)"]
 
 
 def _load_sets(o: EvaluationOptions, synthetic: Path) -> tuple[ImageSet, ImageSet, ImageSet | None]:
@@ -200,6 +240,9 @@ def evaluate(options: EvaluationOptions, *, extractors: dict[str, Any] | None = 
     synthetic = Path(o.synthetic) if o.synthetic is not None else _generate(o)
     timings["generate"] = time.perf_counter() - t0
     real, synth, train = _load_sets(o, synthetic)
+    warnings = same_folder_warnings(o) + label_column_warnings(_columns(o.real), _columns(synthetic))
+    for warning in warnings:
+        log.warning("%s", warning)
     timings["read"] = time.perf_counter() - t0 - timings["generate"]
     extractors = dict(extractors or {})
     extractors.setdefault("synthex", SynthexExtractor())
@@ -240,6 +283,7 @@ def evaluate(options: EvaluationOptions, *, extractors: dict[str, Any] | None = 
     from synthex.evaluate.features import availability
 
     context = {"options": o, "sets": sets, "extractor_id": extractors["main"].id, "timings": timings,
+               "warnings": warnings,
                "skipped": skipped, "extractors": {k: v for k, v in availability(o.extractor_weights).items()
                                                   if k != "synthex"}}
     return write_report(Path(o.out), results, context)

@@ -41,8 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from synthex.errors import DataSourceError, OutputExistsError, SynthexError
+from synthex.errors import DataSourceError, OutsidePathError, OutputExistsError, SynthexError
 from synthex.io import atomic_write
+from synthex.paths import member_path
 
 logger = logging.getLogger(__name__)
 
@@ -106,11 +107,12 @@ def _imagefolder_items(root: Path, meta: Path) -> tuple[list[Item], list[dict[st
     rules = load_mesh_rules()
     items, rejects, seen = [], [], set()
     for row in table.fillna("").astype(str).to_dict("records"):
-        key = Path(row["file_name"]).as_posix()
-        path = root / key
-        if Path(key).is_absolute() or ".." in Path(key).parts:  # lexical check: symlinked image folders are fine
-            rejects.append({"file": key, "reason": "path points outside the folder"})
+        try:
+            path = member_path(root, row["file_name"])  # lexical check: symlinked image folders are fine
+        except OutsidePathError as exc:
+            rejects.append({"file": row["file_name"], "reason": f"path points outside the folder ({exc.reason})"})
             continue
+        key = path.relative_to(root).as_posix()
         if key in seen:
             rejects.append({"file": key, "reason": f"listed twice in {meta.name}"})
             continue
