@@ -79,6 +79,7 @@ def spy(monkeypatch, tmp_path):
     engine = SpyEngine()
     monkeypatch.setattr(state, "make_engine", lambda: engine)
     monkeypatch.setenv(state.MODEL_ENV, str(model))
+    monkeypatch.setenv(state.ROOTS_ENV, str(tmp_path))
     st.cache_resource.clear()
     st.cache_data.clear()
     yield engine
@@ -220,11 +221,38 @@ def test_custom_path_that_does_not_exist(spy, tmp_path):
     at.selectbox(key="model_choice").select(state.CUSTOM_MODEL).run()
     at.text_input(key="custom_path").input(str(tmp_path / "nowhere"))
     at.button(key="load").click().run()
-    assert not at.exception and "does not exist" in errors(at) and spy.loads == []
+    assert not at.exception and "was not found in the folders this app may read" in errors(at) and spy.loads == []
     assert at.button(key="generate").disabled
     at.text_input(key="custom_path").input(str(tmp_path))
     at.button(key="load").click().run()
     assert errors(at) == "" and not at.button(key="generate").disabled
+
+
+def test_paths_outside_the_allowed_folders_read_like_missing_ones(spy, tmp_path, tmp_path_factory):
+    """Issue 13 item 3: a remote user could load any server model and probe which files exist."""
+    elsewhere = tmp_path_factory.mktemp("server")
+    (elsewhere / "model_index.json").write_text("{}")
+    secret = elsewhere / "secret.safetensors"
+    secret.write_bytes(b"x")
+    (tmp_path / "escape").symlink_to(elsewhere)  # a symlink inside the allowed folder does not help
+    at = app()
+    at.selectbox(key="model_choice").select(state.CUSTOM_MODEL).run()
+    shown = []
+    for path in (elsewhere, elsewhere / "nothing-here", tmp_path / "escape", "/etc"):
+        at.text_input(key="custom_path").input(str(path))
+        at.button(key="load").click().run()
+        shown.append(errors(at).replace(str(path), "PATH"))
+    assert spy.loads == [] and len(set(shown)) == 1 and "--allow-root" in shown[0]
+    at.number_input(key="n_loras").set_value(1).run()
+    box = at.selectbox(key="model_choice")
+    box.select(box.options[0]).run()
+    for path in (secret, elsewhere / "missing.safetensors"):
+        at.text_input(key="lora_path_0").input(str(path))
+        at.button(key="load").click().run()
+        assert "was not found in the folders" in errors(at) and spy.loads == []
+    at.text_input(key="search_index").input(str(elsewhere)).run()  # the search tab writes and reads indexes
+    assert "Index folder" in errors(at) and "was not found in the folders" in errors(at)
+    assert not (elsewhere / "index.json").exists()
 
 
 def test_lora_that_is_not_a_lora_or_missing(spy, tmp_path):
@@ -234,7 +262,7 @@ def test_lora_that_is_not_a_lora_or_missing(spy, tmp_path):
     at.number_input(key="n_loras").set_value(1).run()
     at.text_input(key="lora_path_0").input(str(tmp_path / "missing.safetensors"))
     at.button(key="load").click().run()
-    assert "does not exist" in errors(at) and spy.loads == []
+    assert "was not found in the folders" in errors(at) and spy.loads == []
     at.text_input(key="lora_path_0").input(str(bad))
     at.button(key="load").click().run()
     warnings = "\n".join(w.value for w in at.warning)
@@ -340,6 +368,7 @@ def test_real_engine_lora_files(monkeypatch, tmp_path):
     save_file({"conv.weight": torch.zeros(2, 2)}, str(not_lora))
     lora = make_lora(tmp_path / "lora" / "tiny_lora.safetensors", "sd")
     monkeypatch.setenv(state.MODEL_ENV, str(tiny_model_dir("sd-l")))
+    monkeypatch.setenv(state.ROOTS_ENV, str(tmp_path))
     st.cache_resource.clear()
     st.cache_data.clear()
     try:

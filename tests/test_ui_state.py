@@ -84,8 +84,9 @@ def test_build_request_reports_bad_input(prompt, seed, needle):
     assert request is None and any(needle in p for p in problems)
 
 
-def test_model_and_lora_path_checks(tmp_path):
-    assert "does not exist" in state.check_model_path(str(tmp_path / "nope"))[0]
+def test_model_and_lora_path_checks(tmp_path, monkeypatch):
+    monkeypatch.setenv(state.ROOTS_ENV, str(tmp_path))
+    assert "was not found" in state.check_model_path(str(tmp_path / "nope"))[0]
     assert "is empty" in state.check_model_path("  ")[0]
     (tmp_path / "model.ckpt").write_bytes(b"x")
     assert "not a .safetensors" in state.check_model_path(str(tmp_path / "model.ckpt"))[0]
@@ -95,7 +96,7 @@ def test_model_and_lora_path_checks(tmp_path):
     rows = [(str(tmp_path / "a.safetensors"), 0.5), ("", 1.0), (str(tmp_path / "missing.safetensors"), 1.0),
             (str(tmp_path / "b.bin"), 1.0), (str(tmp_path), 1.0)]
     problems = state.check_lora_paths(rows)
-    assert len(problems) == 3 and problems[0].startswith("LoRA 3:") and "LoRA 4:" in problems[1]
+    assert len(problems) == 3 and "/etc" not in str(state.allowed_roots()) and problems[0].startswith("LoRA 3:") and "LoRA 4:" in problems[1]
     assert state.active_loras(rows[:2], ["opacity"], 0.3) == [("opacity", 0.3),
                                                                 (str(tmp_path / "a.safetensors"), 0.5)]
 
@@ -174,3 +175,38 @@ def test_cli_register_adds_the_ui_command():
     assert command[1:4] == ["-m", "streamlit", "run"] and command[4] == str(APP_PATH)
     assert command[command.index("--server.headless") + 1] == "true"
     assert command[command.index("--server.port") + 1] == "8765"
+
+
+def test_allowed_roots_default_and_override(tmp_path, monkeypatch):
+    from synthex.models.registry import ModelRegistry, embedded_dir
+
+    monkeypatch.delenv(state.ROOTS_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    roots = state.allowed_roots(ModelRegistry())
+    assert (tmp_path / "runs").resolve() in roots and embedded_dir().resolve() in roots
+    assert state.allowed_path("runs/new-index", roots, must_exist=False) == (tmp_path / "runs/new-index").resolve()
+    assert state.allowed_path("runs/../../etc", roots, must_exist=False) is None
+    assert state.allowed_path("/etc/passwd", roots) is None
+    other = tmp_path / "models"
+    other.mkdir()
+    monkeypatch.setenv(state.ROOTS_ENV, str(other))
+    assert state.allowed_roots()[:2] == [other.resolve(), (tmp_path / "runs").resolve()]
+
+
+def test_ui_command_checks_allow_root_and_warns_about_the_network(tmp_path, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from synthex.cli import ui as ui_cli
+
+    calls = []
+    monkeypatch.setattr(ui_cli.os, "execve", lambda exe, cmd, env: calls.append(env) or (_ for _ in ()).throw(
+        typer.Exit(0)))
+    app = typer.Typer()
+    ui_cli.register(app)
+    app.command("version")(lambda: None)
+    bad = CliRunner().invoke(app, ["ui", "--allow-root", str(tmp_path / "no-such")])
+    assert bad.exit_code != 0 and "not a folder" in str(bad.exception) + bad.output
+    ok = CliRunner().invoke(app, ["ui", "--allow-root", str(tmp_path), "--address", "0.0.0.0"])
+    assert ok.exit_code == 0, ok.output
+    assert calls[-1][state.ROOTS_ENV] == str(tmp_path.resolve()) and "There is no login" in ok.output

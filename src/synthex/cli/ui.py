@@ -7,9 +7,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
+
+from synthex.errors import SynthexError
+from synthex.ui.state import ROOTS_ENV
 
 INSTALL_HINT = "The web app needs Streamlit: pip install 'synthex[ui]' (or pip install streamlit)."
 
@@ -30,6 +34,9 @@ def ui(
     model: Optional[str] = typer.Option(None, "--model", "-m",
                                         help="Model offered first (preset, folder); "
                                              "default: the embedded model."),
+    allow_root: Optional[list[Path]] = typer.Option(
+        None, "--allow-root", help="Also let the app open models, LoRAs and search indexes by path in this folder "
+        "(repeat for several); always allowed: ./runs, the embedded model and the model registry's folders."),
 ) -> None:
     """Start the web app (Streamlit) on http://ADDRESS:PORT. Images are synthetic, for research."""
     import importlib.util
@@ -40,6 +47,15 @@ def ui(
     env = dict(os.environ)
     if model:
         env["SYNTHEX_UI_MODEL"] = model
+    if allow_root:
+        missing = [str(p) for p in allow_root if not p.is_dir()]
+        if missing:
+            raise SynthexError(f"--allow-root {', '.join(missing)}: not a folder; name existing folders")
+        env[ROOTS_ENV] = os.pathsep.join(str(p.resolve()) for p in allow_root)
+    if address not in ("localhost", "127.0.0.1", "::1"):
+        typer.secho(f"note: serving on {address}: anyone who can reach port {port} can generate images, use "
+                    "this machine's CPU/GPU, and load models and LoRAs from the allowed folders (see "
+                    "docs/ui.md, 'Serving to a network'). There is no login.", fg=typer.colors.YELLOW, err=True)
     command = streamlit_command(port, address)
     typer.echo(f"SynTheX-Ray web app on http://{address}:{port} (Ctrl-C stops it)")
     sys.stdout.flush()

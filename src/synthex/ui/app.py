@@ -144,7 +144,8 @@ def model_section() -> None:
 def load_model(model: str, custom: bool, rows: list, preset_loras: list[str], strength: float) -> None:
     from synthex.models.registry import LoraError
 
-    problems = (state.check_model_path(model) if custom else []) + state.check_lora_paths(rows)
+    roots = state.allowed_roots(get_registry())
+    problems = (state.check_model_path(model, roots) if custom else []) + state.check_lora_paths(rows, roots)
     if problems:
         st.session_state["load_status"] = ("error", "\n\n".join(problems))
         return

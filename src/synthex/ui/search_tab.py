@@ -41,6 +41,11 @@ def _build_section(folder: str) -> None:
         if st.button("Index this folder", key="search_build", disabled=not source.strip()):
             from synthex.search.index import build_index
 
+            roots = state.allowed_roots()
+            if state.allowed_path(source, roots) is None:
+                st.error(state.not_allowed("Folder", source, roots))
+                return
+
             bar = st.progress(0.0, text="embedding images...")
             try:
                 report = build_index(source.strip(), folder, _open_model(None), progress=False,
@@ -113,6 +118,10 @@ def search_tab() -> None:
     """The tab body."""
     folder = st.text_input("Index folder", value=os.environ.get("SYNTHEX_SEARCH_INDEX", "runs/search-index"),
                            key="search_index", help="Made by 'synthex search index DIR --out INDEX' or below.")
+    roots = state.allowed_roots()
+    if state.allowed_path(folder, roots, must_exist=False) is None:
+        st.error(state.not_allowed("Index folder", folder, roots))
+        return
     _build_section(folder)
     if not (Path(folder) / "index.json").is_file():
         st.caption(f"No index at {folder!r} yet: build one above or with 'synthex search index DIR --out {folder}'.")

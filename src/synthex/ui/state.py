@@ -187,29 +187,92 @@ def parse_size(choice: str) -> tuple[int | None, int | None]:
     return int(width), int(height)
 
 
-def check_model_path(text: str) -> list[str]:
+ROOTS_ENV = "SYNTHEX_UI_ROOTS"
+
+
+def allowed_roots(registry: Any = None) -> list[Path]:
+    """The folders whose files the app may read or write by path (custom model, LoRA files,
+    search index and source folders): the project's ``runs/``, the embedded weights, the folders
+    the model registry names (local preset sources, preset LoRAs, the user's models.yaml folder),
+    and those in ``$SYNTHEX_UI_ROOTS`` (``synthex ui --allow-root``, separated by ``os.pathsep``)."""
+    from synthex.models.registry import embedded_dir, user_models_file
+
+    env = os.environ.get(ROOTS_ENV, "").strip()
+    roots = [Path(os.path.expanduser(p.strip())) for p in env.split(os.pathsep) if p.strip()]
+    roots += [Path.cwd() / "runs", embedded_dir(), user_models_file().parent]
+    roots += [Path(os.path.expanduser(os.environ[key])) for key in ("SYNTHEX_SEARCH_INDEX", MODEL_ENV)
+              if os.environ.get(key) and Path(os.path.expanduser(os.environ[key])).exists()]
+    if registry is not None:
+        for name in registry.names():
+            try:
+                spec = registry.resolve(name)
+            except Exception:  # noqa: BLE001 - a broken preset adds no root
+                continue
+            if spec.kind == "folder":
+                roots.append(Path(spec.source))
+            elif spec.kind == "file":
+                roots.append(Path(spec.source).parent)
+            roots += [Path(lora.path).parent for lora in spec.loras]
+    out: list[Path] = []
+    for root in roots:
+        resolved = root.resolve()
+        if resolved not in out:
+            out.append(resolved)
+    return out
+
+
+def allowed_path(text: str, roots: Sequence[Path], *, must_exist: bool = True) -> Path | None:
+    """``text`` as a resolved path (symlinks followed) when it lies under one of ``roots`` (and
+    exists, unless ``must_exist`` is false); otherwise None. Missing and not allowed are the
+    same answer, so a remote user cannot probe which server files exist."""
+    if not text or not text.strip():
+        return None
+    path = Path(os.path.expanduser(text.strip()))
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return None
+    if not any(real == root or root in real.parents for root in roots):
+        return None
+    if must_exist and not real.exists():
+        return None
+    return real
+
+
+def not_allowed(what: str, text: str, roots: Sequence[Path]) -> str:
+    """The one message for a path that is missing or outside the allowed folders."""
+    shown = ", ".join(str(r) for r in roots[:4]) + (" ..." if len(roots) > 4 else "")
+    return (f"{what} {text.strip()!r} was not found in the folders this app may read ({shown}); put it "
+            "there, or start the app with 'synthex ui --allow-root DIR'.")
+
+
+def check_model_path(text: str, roots: Sequence[Path] | None = None) -> list[str]:
     """Messages for the custom model path (a diffusers folder or a .safetensors checkpoint)."""
-    path = Path(os.path.expanduser(text.strip())) if text and text.strip() else None
-    if path is None:
+    roots = allowed_roots() if roots is None else roots
+    if not text or not text.strip():
         return ["Custom path is empty: enter a diffusers model folder or a .safetensors file."]
-    if not path.exists():
-        return [f"Custom path {text.strip()!r} does not exist."]
+    path = allowed_path(text, roots)
+    if path is None:
+        return [not_allowed("Custom path", text, roots)]
     if path.is_file() and path.suffix.lower() != ".safetensors":
         return [f"Custom path {text.strip()!r} is not a .safetensors file or a model folder "
                 "(pickled .ckpt/.bin/.pt files are not read)."]
     return []
 
 
-def check_lora_paths(loras: Sequence[tuple[str, float]]) -> list[str]:
+def check_lora_paths(loras: Sequence[tuple[str, float]], roots: Sequence[Path] | None = None) -> list[str]:
     """Messages for LoRA adapter rows (empty paths are skipped by :func:`active_loras`)."""
+    roots = allowed_roots() if roots is None else roots
     problems = []
     for i, (text, _) in enumerate(loras, 1):
         if not text.strip():
             continue
-        path = Path(os.path.expanduser(text.strip()))
-        if not path.is_file():
-            problems.append(f"LoRA {i}: {text.strip()!r} does not exist (or is a folder); give "
-                            "the path of a LoRA .safetensors file.")
+        path = allowed_path(text, roots)
+        if path is None or not path.is_file():
+            problems.append(f"LoRA {i}: " + not_allowed("the LoRA file", text, roots)
+                            + " Give the path of a LoRA .safetensors file.")
         elif path.suffix.lower() != ".safetensors":
             problems.append(f"LoRA {i}: {text.strip()!r} is not a .safetensors LoRA file.")
     return problems
