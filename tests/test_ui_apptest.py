@@ -16,7 +16,7 @@ pytest.importorskip("streamlit", reason="the web app needs streamlit: pip instal
 from PIL import Image  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from synthex.errors import SynthexError  # noqa: E402
+from synthex.errors import OutOfMemoryError, SynthexError  # noqa: E402
 from synthex.generate.engine import GenerationResult, resolve_seeds  # noqa: E402
 from synthex.generate.infotext import GenerationParameters  # noqa: E402
 from synthex.models.registry import LoraError, ModelRegistry  # noqa: E402
@@ -55,7 +55,7 @@ class SpyEngine:
         request.validate()
         self.requests.append(request)
         if "OOM" in request.prompt:
-            raise SynthexError("Out of GPU memory generating 1024x1024 with model 'x', even with "
+            raise OutOfMemoryError("Out of GPU memory generating 1024x1024 with model 'x', even with "
                                "VAE tiling and model CPU offload.")
         for step in range(1, request.steps + 1):
             if callback:
@@ -412,3 +412,27 @@ def test_interface_language_switch_translates_labels_and_template(spy):
     at.button(key="generate").click().run()
     assert not at.exception
     assert spy.requests[-1].prompt.startswith("Кардиомегалия, абракадабра")  # the engine maps it
+
+
+def test_a_failure_inside_a_tab_stays_in_that_tab(spy, monkeypatch):
+    """The page's error boundary: no Streamlit traceback for a remote user, the other tabs work."""
+    import errno
+
+    def broken():
+        raise RuntimeError("boom")
+
+    real = state.allowed_roots
+    monkeypatch.setattr(state, "allowed_roots", lambda *a: real(*a) if a else broken())  # the search tab's call
+    at = loaded_app()
+    assert not at.exception and "tab failed (a bug in synthex" in errors(at) and "boom" in errors(at)
+    at.button(key="generate").click().run()
+    assert not at.exception and len(spy.requests) == 1
+
+    def full(*a):
+        if a:
+            return real(*a)
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/search-index/index.json")
+
+    monkeypatch.setattr(state, "allowed_roots", full)
+    at.run()
+    assert not at.exception and "free space" in errors(at) and "a bug" not in errors(at)

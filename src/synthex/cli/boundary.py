@@ -15,9 +15,7 @@ synthex: one line saying so, and the traceback with ``synthex --verbose`` or
 """
 from __future__ import annotations
 
-import errno
 import os
-import sys
 from typing import Any
 
 import typer
@@ -36,12 +34,11 @@ class _ClickExceptions:
 
 _cx = _ClickExceptions
 
-from synthex.errors import SynthexError
+from synthex.errors import describe_os_error, explain
 
 click_exceptions = _cx
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
 _show_traceback = False
 
 
@@ -51,49 +48,13 @@ def show_tracebacks(on: bool) -> None:
     _show_traceback = on
 
 
-def describe_os_error(err: OSError) -> str:
-    """One line for a failed file operation: the path, the reason, the fix."""
-    path = err.filename if err.filename is not None else "a file"
-    if err.filename2 is not None:
-        path = f"{err.filename} -> {err.filename2}"
-    reason = err.strerror or str(err) or type(err).__name__
-    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return f"cannot write {path}: {reason}; free space or choose another --out"
-    if err.errno in _WRITE_ERRNOS:
-        return (f"cannot write {path}: {reason} (a read-only or protected folder); "
-                "choose another --out or fix the folder's permissions")
-    if isinstance(err, FileNotFoundError) or err.errno == errno.ENOENT:
-        return f"{path}: no such file or folder; check the path"
-    if isinstance(err, IsADirectoryError):
-        return f"{path} is a folder where a file was expected; name a file"
-    if isinstance(err, NotADirectoryError):
-        return f"{path}: a file sits where a folder was expected; name a folder"
-    return f"{path}: {reason}; check the path, free space or choose another --out"
-
-
-def _is_out_of_memory(err: BaseException) -> bool:
-    if isinstance(err, MemoryError):
-        return True
-    oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
-    return oom is not None and isinstance(err, oom)
-
-
 def message_for(err: BaseException) -> tuple[str, int] | None:
     """The line to print and the exit status for an error the boundary handles, else None."""
-    if isinstance(err, SynthexError):
-        return f"error: {err}", EXIT_ERROR
     if isinstance(err, KeyboardInterrupt):
         return ("interrupted; what was finished is kept: rerun the same command (with --resume where "
                 "it has one) to continue"), EXIT_INTERRUPTED
-    if _is_out_of_memory(err):
-        return ("error: out of memory; lower --batch-size, --resolution / --width / --height or --n, "
-                "or close other programs"), EXIT_ERROR
-    if isinstance(err, UnicodeDecodeError):
-        return (f"error: a text file is not UTF-8 ({err.reason} at byte {err.start}); save it as UTF-8 "
-                "and run again"), EXIT_ERROR
-    if isinstance(err, OSError):
-        return f"error: {describe_os_error(err)}", EXIT_ERROR
-    return None
+    text = explain(err)
+    return None if text is None else (f"error: {text}", EXIT_ERROR)
 
 
 def report(err: BaseException) -> int:

@@ -6,9 +6,12 @@ sessions with ``st.cache_resource``; a lock serialises its use.
 """
 from __future__ import annotations
 
+import contextlib
 import html
+import logging
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,8 @@ import streamlit as st
 
 from synthex.errors import SynthexError
 from synthex.ui import state
+
+log = logging.getLogger("synthex.ui")
 
 CSS = """
 <style>
@@ -257,21 +262,41 @@ def run_engine(request: Any, what: str = "Generating Image...") -> Any | None:
     return result
 
 
+@contextlib.contextmanager
+def guard(where: str) -> Iterator[None]:
+    """The page's error boundary: a failure inside one part of the page becomes one message in
+    that part (the same reading as the CLI's, :func:`synthex.errors.explain`); the rest of the
+    page keeps working and a remote user never sees a traceback (the server log has it)."""
+    from synthex.errors import explain
+
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - the boundary; Streamlit's rerun/stop are BaseException
+        text = explain(exc)
+        if text is None:
+            log.exception("%s failed", where)
+            st.error(f"{where} failed (a bug in synthex; the server log has the details): "
+                     f"{type(exc).__name__}: {state.short_error(exc)}")
+        else:
+            st.error(text)
+
+
 def recover(engine: Any, exc: BaseException) -> None:
+    from synthex.errors import explain, is_out_of_memory
+
     text = state.short_error(exc)
-    lowered = text.lower()
-    oom = "outofmemory" in type(exc).__name__.lower()
-    if oom or "out of memory" in lowered or "out of gpu memory" in lowered:
+    if is_out_of_memory(exc):
         engine.unload()
         st.session_state["active"] = None
         st.session_state["flash"] = (
             "Out of memory: the model was freed to recover. Load it again, then try a smaller "
             f"image size or fewer images. ({text.splitlines()[0]})")
         st.rerun()  # redraw with Generate disabled; the message is shown at the top
-    elif isinstance(exc, SynthexError):
-        st.error(text)
+    elif explain(exc) is not None:
+        st.error(explain(exc))
     else:
-        st.error(f"Generation failed: {type(exc).__name__}: {text}")
+        log.exception("generation failed")
+        st.error(f"Generation failed (a bug in synthex; the server log has the details): {type(exc).__name__}: {text}")
 
 
 def store_result(result: Any) -> None:
@@ -468,23 +493,20 @@ def main() -> None:
         st.error(st.session_state.pop("flash"))
     with st.sidebar:
         st.header(t("model_header"))
-        model_section()
+        with guard("The model section"):
+            model_section()
         st.header(t("params_header"))
         params = parameter_section()
     loaded = st.session_state.get("active") is not None
-    tabs = st.tabs([t(k) for k in ("tab_generate", "tab_compare", "tab_info", "tab_history", "tab_search")])
-    with tabs[0]:
-        generate_tab(params, loaded)
-    with tabs[1]:
-        compare_tab(params, loaded)
-    with tabs[2]:
-        info_tab(loaded)
-    with tabs[3]:
-        history_tab()
-    with tabs[4]:
-        from synthex.ui.search_tab import search_tab
+    names = ("tab_generate", "tab_compare", "tab_info", "tab_history", "tab_search")
+    tabs = st.tabs([t(k) for k in names])
+    from synthex.ui.search_tab import search_tab
 
-        search_tab()
+    bodies = (lambda: generate_tab(params, loaded), lambda: compare_tab(params, loaded), lambda: info_tab(loaded),
+              history_tab, search_tab)
+    for tab, key, body in zip(tabs, names, bodies):
+        with tab, guard(f"The {t(key)} tab"):
+            body()
 
 
 main()
