@@ -527,7 +527,11 @@ class ModelRegistry:
         if variant:
             kwargs["variant"] = variant
         with _loading(f"model {spec.name!r} from {folder}"):
-            return cls.from_pretrained(str(folder), **kwargs)
+            pipe = cls.from_pretrained(str(folder), **kwargs)
+        from synthex.models.compat import check_loaded_weights
+
+        check_loaded_weights(pipe, folder, f"model {spec.name!r}")
+        return pipe
 
     def _load_vae(self, spec: ModelSpec, dtype: torch.dtype) -> Any:
         from diffusers import AutoencoderKL
