@@ -143,3 +143,27 @@ def test_names_listing():
     assert finding_names() == list(FINDING_NAMES)
     assert len(set(FINDING_NAMES)) == len(FINDING_NAMES) >= 20
     assert "normal" in FINDING_NAMES
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("mild severe pleural effusion", "keep one grade"),
+    ("no effusion, left effusion", "both denies and states pleural effusion"),
+    ("no pneumothorax. Small pneumothorax.", "both denies and states pneumothorax"),
+    ("left cardiomegaly", "cardiomegaly has no side 'left'"),
+    ("right sided sternotomy", "has no side 'right'"),
+])
+def test_contradictions_and_dropped_words_are_errors_not_silently_resolved(text, needle):
+    """Issue 13 item 10: these used to resolve silently (one grade picked, the denial ignored,
+    the side dropped)."""
+    with pytest.raises(SynthexError, match=needle):
+        parse_findings(text)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("no left pneumothorax, small right pneumothorax", ["mild right pneumothorax"]),
+    ("left pleural effusion and cardiomegaly", ["left pleural effusion", "cardiomegaly"]),
+    ("mild cardiomegaly, severe left pneumothorax", ["mild cardiomegaly", "severe left pneumothorax"]),
+    ("The lungs are clear bilaterally", ["normal"]),
+])
+def test_sides_and_grades_that_do_apply_still_read(text, expected):
+    assert [f.describe() for f in parse_findings(text)] == expected

@@ -372,29 +372,62 @@ def parse_findings(text: str) -> list[Finding]:
     if not isinstance(text, str):
         raise SynthexError(f"findings text must be a string, got {type(text).__name__}")
     found: list[Finding] = []
+    denied: dict[str, str] = {}
+    affirmed: dict[str, str] = {}
     previous: tuple[list[str], dict[str, str]] | None = None
+    original = text
     text = _norm(text.replace("/", " ")).replace("x ray", "xray")
     text = re.sub(r"\b(?:right and left|left and right|right and left sided)\b", "bilateral", text)
     for clause in _CLAUSE_SPLIT.split(text):
         clause = (clause or "").strip()
         if not clause:
             continue
-        names = _clause_findings(clause)
+        names = _clause_findings(clause, denied)
         if names is None:  # modifiers only ("..., right lower zone"): they refine the previous clause
             if previous:
                 del found[len(found) - len(previous[0]):]
                 attrs = {**_clause_attributes(clause), **previous[1]}
+                _check_attributes(previous[0], attrs, clause, original)
                 found.extend(_build(name, attrs) for name in previous[0])
                 previous = (previous[0], attrs)
             continue
         attrs = _clause_attributes(clause)
+        _check_attributes(names, attrs, clause, original)
         found.extend(_build(name, attrs) for name in names)
+        affirmed.update((name, (clause, attrs.get("side"))) for name in names)
         previous = (names, attrs) if names else None
+    for name in sorted(set(denied) & set(affirmed)):
+        (said_no, no_side), (said_yes, yes_side) = (denied[name], _clause_attributes(denied[name]).get("side")), \
+            affirmed[name]
+        if no_side is None or yes_side is None or no_side == yes_side:  # "no left X, right X" is fine
+            raise SynthexError(f"{original!r} both denies and states {name.replace('_', ' ')} ({said_no!r} vs "
+                               f"{said_yes!r}); keep one of the two")
     return _merge(found)
 
 
-def _clause_findings(clause: str) -> list[str] | None:
-    """Canonical names named (and not negated) in a clause; None when it holds only modifiers."""
+def _check_attributes(names: list[str], attrs: dict[str, str], clause: str, original: str) -> None:
+    """A grade or side that no finding of its clause can take is an error, not silently dropped."""
+    severities = {_patterns()["lookups"]["severity"][m.group(0)]
+                  for m in _patterns()["modifiers"]["severity"].finditer(
+                      _patterns()["finding"].sub(" ", re.sub(r"\s+", " ", _PLAIN_SIDES.sub(" ", clause))))}
+    graded = [n for n in names if REGISTRY[n].graded]
+    if len(severities) > 1 and graded:
+        raise SynthexError(f"{original!r}: {clause!r} gives {' and '.join(sorted(severities))} for the same "
+                           "finding; keep one grade (or give each finding its own clause: 'mild A, severe B')")
+    side = attrs.get("side")
+    explicit_side = bool(_PLAIN_SIDES.search(clause)) or bool(_patterns()["modifiers"]["side"].search(clause))
+    if side and explicit_side and "lobe" not in attrs and names and "normal" not in names \
+            and not any(side in REGISTRY[n].sides for n in names):
+        takes = sorted({s for n in names for s in REGISTRY[n].sides})
+        what = ", ".join(n.replace("_", " ") for n in names)
+        raise SynthexError(f"{original!r}: {what} has no side {side!r} ("
+                           + (f"it takes {', '.join(takes)}" if takes else "it is not lateral")
+                           + f"); drop {side!r} or name a finding that has a side")
+
+
+def _clause_findings(clause: str, denied: dict[str, str] | None = None) -> list[str] | None:
+    """Canonical names named (and not negated) in a clause; None when it holds only modifiers.
+    Negated names are recorded in ``denied`` (name -> clause)."""
     bare = re.sub(r"\s+", " ", _ADVERBS.sub(" ", _PLAIN_SIDES.sub(" ", clause))).strip()
     matches = list(_patterns()["finding"].finditer(bare))
     if not matches:
@@ -410,6 +443,8 @@ def _clause_findings(clause: str) -> list[str] | None:
         canonical = table[match.group(0)]
         if canonical != "normal" and _NEGATION.search(bare[: match.start()]):
             log.debug("skipping negated finding %r in %r", canonical, clause)
+            if denied is not None:
+                denied.setdefault(canonical, clause)
             continue
         names.append(canonical)
     return names
