@@ -16,6 +16,19 @@ def _group() -> None:
     """Train models: the embedded model from scratch (``base``), LoRA adapters (``lora``)."""
 
 
+def _set_threads(threads: int | None) -> None:
+    """``--threads``: None = torch's choice; otherwise a count >= 1."""
+    if threads is None:
+        return
+    if threads < 1:
+        from synthex.errors import ConfigError
+
+        raise ConfigError(f"--threads {threads} must be >= 1 (or left out for torch's choice)")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 @app.command()
 def base(
     data: Path = typer.Option(..., "--data", "-d", help="Imagefolder: metadata.csv (file_name,text[,split]) + images."),
@@ -50,10 +63,7 @@ def base(
 
         typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     result = train_base(data, out, cfg, resume=resume, progress=not quiet)
     typer.echo(f"images: {result.n_images} ({len(result.rejects)} rejected rows, see {out / 'rejects.csv'})")
     typer.echo("parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in result.parameters.items()))
@@ -129,10 +139,7 @@ def lora(
 
         typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     result = train_lora(data, out, cfg, resume=resume, progress=not quiet)
     typer.echo(f"images: {result.n_images} ({len(result.rejects)} rejected rows, see {out / 'rejects.csv'})")
     typer.echo(f"trained {result.trainable_parameters:,} LoRA parameters for {result.steps} steps")
@@ -149,11 +156,12 @@ def export_kohya_cmd(
     lora_file: Path = typer.Argument(..., help="A diffusers-format LoRA made by 'synthex train lora'."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors (kohya names: lora_unet_..., lora_te_...)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+    name: str = typer.Option(None, "--name", help="ss_output_name (default: the run's name recorded in the LoRA)."),
 ) -> None:
-    """Convert a LoRA to the kohya format read by AUTOMATIC1111 and ComfyUI."""
-    from synthex.train.lora import export_kohya
+    """Convert a LoRA to the kohya format read by AUTOMATIC1111 and ComfyUI (with kohya's ss_* metadata)."""
+    from synthex.train.kohya import export_kohya
 
-    typer.echo(f"wrote {export_kohya(lora_file, out, overwrite=overwrite)}")
+    typer.echo(f"wrote {export_kohya(lora_file, out, overwrite=overwrite, name=name)}")
 
 
 @app.command()
@@ -185,10 +193,7 @@ def search(
 
         typer.echo(yaml.safe_dump(asdict(cfg), sort_keys=False))
         return
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     result = train_search(data, out, cfg, resume=resume, progress=not quiet)
     typer.echo(f"pairs: {result.n_train} train, {result.n_val} held out ({len(result.rejects)} rejected rows, "
                f"see {out / 'rejects.csv'}); parameters {result.parameters / 1e6:.2f}M")

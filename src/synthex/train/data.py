@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -88,7 +89,22 @@ def read_metadata(folder: Path, *, split: str | None = "train", text_column: str
     if not path.is_file():
         raise DataSourceError(f"{path} is missing: an imagefolder needs a {METADATA} with columns "
                               f"file_name,{text_column} (make one with 'synthex data prepare')")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataSourceError(
+            f"{path} is not UTF-8 text (byte 0x{raw[err.start]:02x} on line {line}; probably Latin-1 or "
+            "Windows-1252); save it as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet, or iconv -f latin1 -t utf-8) "
+            "and run again"
+        ) from err
+    try:
+        table = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise DataSourceError(f"{path} is not a readable CSV table ({reason}); fix the file (one header line "
+                              f"file_name,{text_column},... and one row per image)") from err
     missing = [c for c in ("file_name", text_column) if c not in table.columns]
     if missing:
         raise DataSourceError(f"{path} lacks the column(s) {missing}; it has {list(table.columns)}. "

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,15 +136,9 @@ def save_optimizer(optimizer, path: Path) -> None:
 
 def load_optimizer(optimizer, path: Path) -> None:
     """Inverse of :func:`save_optimizer` (reads tensors and JSON only; nothing is unpickled)."""
-    from safetensors import safe_open
+    from synthex.train.checkpoints import read_optimizer_state
 
-    state: dict[int, dict] = {}
-    with safe_open(str(path), framework="pt") as fh:
-        groups = json.loads(fh.metadata()["param_groups"])
-        for name in fh.keys():
-            _, idx, key = name.split(".", 2)
-            state.setdefault(int(idx), {})[key] = fh.get_tensor(name)
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    optimizer.load_state_dict(read_optimizer_state(Path(path)))
 
 
 class TrainingLog:
@@ -229,42 +222,48 @@ class Ema:
 
 
 def _checkpoint_dirs(folder: Path) -> list[Path]:
-    done = [p for p in folder.glob("step_*") if (p / "state.json").is_file()] if folder.is_dir() else []
-    return sorted(done, key=lambda p: int(p.name.split("_")[1]))
+    """The ``step_*`` folders with a ``state.json`` (not validated), oldest first."""
+    from synthex.train.checkpoints import complete_checkpoint_dirs
+
+    return complete_checkpoint_dirs(folder)
+
+
+def checkpoint_files(spec: LoopSpec, ema: Ema | None) -> list[str]:
+    """The files of a checkpoint of ``spec``."""
+    return ([f"{name}.safetensors" for name in spec.modules]
+            + [f"ema_{name}.safetensors" for name in (ema.modules if ema else [])] + ["optimizer.safetensors"])
 
 
 def save_checkpoint(folder: Path, step: int, spec: LoopSpec, optimizer, ema: Ema | None, keep: int) -> Path:
-    """Write ``folder/step_XXXXXXX`` atomically (temp folder, then rename); keep the last ``keep``."""
-    final, tmp = folder / f"step_{step:07d}", folder / f".tmp_step_{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, module in spec.modules.items():
-        _save_tensors(module.state_dict(), tmp / f"{name}.safetensors")
-    for name, module in (ema.modules.items() if ema else []):
-        _save_tensors(module.state_dict(), tmp / f"ema_{name}.safetensors")
-    save_optimizer(optimizer, tmp / "optimizer.safetensors")
-    (tmp / "state.json").write_text(json.dumps({"stage": spec.stage, "step": step}), encoding="utf-8")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in _checkpoint_dirs(folder)[: -max(1, keep)]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    """Write ``folder/step_XXXXXXX`` atomically (temp folder, synced, then renamed); keep the last ``keep``."""
+    from synthex.train.checkpoints import write_checkpoint
+
+    def write(tmp: Path) -> None:
+        for name, module in spec.modules.items():
+            _save_tensors(module.state_dict(), tmp / f"{name}.safetensors")
+        for name, module in (ema.modules.items() if ema else []):
+            _save_tensors(module.state_dict(), tmp / f"ema_{name}.safetensors")
+        save_optimizer(optimizer, tmp / "optimizer.safetensors")
+
+    return write_checkpoint(folder, step, {"stage": spec.stage}, write, keep)
 
 
 def restore_checkpoint(folder: Path, spec: LoopSpec, optimizer, ema: Ema | None) -> int:
-    """Load the newest complete checkpoint of ``folder``; returns its step (0 when none)."""
-    found = _checkpoint_dirs(folder)
-    if not found:
-        return 0
-    latest = found[-1]
-    for name, module in spec.modules.items():
-        _load_module(module, latest / f"{name}.safetensors")
-    for name, module in (ema.modules.items() if ema else []):
-        _load_module(module, latest / f"ema_{name}.safetensors")
-    load_optimizer(optimizer, latest / "optimizer.safetensors")
-    step = json.loads((latest / "state.json").read_text(encoding="utf-8"))["step"]
-    logger.info("%s: resumed from %s", spec.stage, latest)
-    return int(step)
+    """Load the newest readable checkpoint of ``folder`` (older ones when the newest is truncated
+    or corrupt, with a warning; see :func:`synthex.train.checkpoints.load_latest_checkpoint});
+    returns its step (0 when there is none)."""
+    from synthex.train.checkpoints import load_latest_checkpoint
+
+    def apply(ckpt) -> None:
+        for name, module in spec.modules.items():
+            module.load_state_dict(ckpt.tensors[name], strict=True)
+        for name, module in (ema.modules.items() if ema else []):
+            module.load_state_dict(ckpt.tensors[f"ema_{name}"], strict=True)
+        optimizer.load_state_dict(ckpt.optimizer)
+
+    ckpt = load_latest_checkpoint(folder, checkpoint_files(spec, ema), apply, state_fields={"stage": str},
+                                  expect={"stage": spec.stage}, what=spec.stage)
+    return ckpt.step if ckpt else 0
 
 
 def run_loop(spec: LoopSpec, ctx: RunContext) -> dict[str, Any]:

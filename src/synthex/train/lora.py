@@ -40,6 +40,7 @@ import dataclasses
 import json
 import logging
 import math
+import random
 import resource
 import shutil
 import sys
@@ -49,7 +50,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from synthex import __version__
-from synthex.errors import OutputExistsError, SynthexError
+from synthex.errors import ConfigError, SynthexError
 from synthex.train.scratch import (
     BatchOrder,
     _flatten,
@@ -57,11 +58,13 @@ from synthex.train.scratch import (
     _save_tensors,
     _write_text,
     caption_dropout_mask,
+    check_numbers,
     check_run_folder,
+    check_types,
     derived_seed,
     image_grid,
-    load_optimizer,
     min_snr_weights,
+    read_config_file,
     save_optimizer,
 )
 
@@ -83,6 +86,10 @@ RUNTIME_KEYS = {"checkpoint_every", "keep_checkpoints", "validation_every", "val
 
 class LoraTrainingError(SynthexError):
     """A LoRA run cannot start or continue (bad option, data, model or resume)."""
+
+
+class LoraConfigError(LoraTrainingError, ConfigError):
+    """A LoRA option or config file is invalid (also a :class:`~synthex.errors.ConfigError`)."""
 
 
 # =============================================================================================
@@ -146,67 +153,70 @@ class LoraTrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> "LoraTrainConfig":
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise LoraTrainingError(f"unknown LoRA config key(s) {unknown}; known: {sorted(known)}")
-        cfg = cls(**values)
-        cfg.validate()
+    def from_dict(cls, values: dict[str, Any] | None, where: str = "") -> "LoraTrainConfig":
+        """Build from a (YAML) mapping; unknown keys, wrong types and bad values raise
+        :class:`LoraConfigError` naming the key (and ``where`` it came from)."""
+        cfg = cls(**_typed_lora_values(dict(values or {}), where))
+        cfg.validate(where)
         return cfg
 
-    def validate(self) -> None:
-        problems = []
-        if self.rank < 1:
-            problems.append(f"rank {self.rank} must be >= 1")
-        if self.text_encoder_rank is not None and self.text_encoder_rank < 1:
-            problems.append(f"text_encoder_rank {self.text_encoder_rank} must be >= 1")
-        if self.batch_size < 1 or self.gradient_accumulation < 1:
-            problems.append("batch_size and gradient_accumulation must be >= 1")
+    def validate(self, where: str = "") -> None:
+        """Every option checked: types, ranges, nan/inf, names of choices; one error lists all."""
+        check_types(self.to_dict(), LoraTrainConfig, where=where, error=LoraConfigError)
+        problems = check_numbers([
+            ("rank", self.rank, ">=1"), ("text_encoder_rank", self.text_encoder_rank, ">=1"),
+            ("alpha", self.alpha, ">0"), ("batch_size", self.batch_size, ">=1"),
+            ("gradient_accumulation", self.gradient_accumulation, ">=1"),
+            ("learning_rate", self.learning_rate, ">0"), ("text_encoder_lr", self.text_encoder_lr, ">0"),
+            ("warmup_steps", self.warmup_steps, ">=0"), ("epochs", self.epochs, ">=1"),
+            ("weight_decay", self.weight_decay, ">=0"), ("grad_clip", self.grad_clip, ">=0"),
+            ("caption_dropout", self.caption_dropout, "[0,1)"), ("dropout", self.dropout, "[0,1)"),
+            ("ema_decay", self.ema_decay, "[0,1)"), ("min_snr_gamma", self.min_snr_gamma, ">=0"),
+            ("noise_offset", self.noise_offset, ">=0"), ("checkpoint_every", self.checkpoint_every, ">=1"),
+            ("keep_checkpoints", self.keep_checkpoints, ">=1"), ("validation_every", self.validation_every, ">=0"),
+            ("validation_steps", self.validation_steps, ">=1"),
+            ("validation_guidance", self.validation_guidance, ">=0"), ("data_workers", self.data_workers, ">=0")])
         if self.max_steps < 1 and not self.epochs:
             problems.append(f"max_steps {self.max_steps} must be >= 1 (or set epochs)")
-        if self.epochs is not None and self.epochs < 1:
-            problems.append(f"epochs {self.epochs} must be >= 1")
-        if self.learning_rate <= 0:
-            problems.append(f"learning_rate {self.learning_rate} must be > 0")
         if self.lr_scheduler not in SCHEDULES:
             problems.append(f"lr_scheduler {self.lr_scheduler!r} must be one of {SCHEDULES}")
         if self.mixed_precision not in PRECISIONS:
             problems.append(f"mixed_precision {self.mixed_precision!r} must be one of {PRECISIONS}")
         if self.crop not in ("center", "smart"):
             problems.append(f"crop {self.crop!r} must be 'center' or 'smart'")
-        if not 0.0 <= self.caption_dropout < 1.0:
-            problems.append(f"caption_dropout {self.caption_dropout} must be in [0, 1)")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout {self.dropout} must be in [0, 1)")
-        if not 0.0 <= self.ema_decay < 1.0:
-            problems.append(f"ema_decay {self.ema_decay} must be in [0, 1) (0 = off)")
         if self.resolution is not None and (self.resolution < 32 or self.resolution % 8):
             problems.append(f"resolution {self.resolution} must be a multiple of 8 and >= 32")
-        if self.checkpoint_every < 1:
-            problems.append(f"checkpoint_every {self.checkpoint_every} must be >= 1")
         if not self.target_modules:
             problems.append("target_modules is empty; the default is to_q, to_k, to_v, to_out.0")
+        if not self.validation_seeds:
+            problems.append("validation_seeds is empty")
         if problems:
-            raise LoraTrainingError("invalid LoRA options: " + "; ".join(problems))
+            raise LoraConfigError(f"{where}invalid LoRA options: " + "; ".join(problems))
+
+
+def _typed_lora_values(values: dict[str, Any], where: str) -> dict[str, Any]:
+    known = {f.name for f in dataclasses.fields(LoraTrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise LoraConfigError(f"{where}unknown LoRA config key(s) {unknown}; known: {sorted(known)}")
+    return check_types(values, LoraTrainConfig, where=where, error=LoraConfigError)
 
 
 def load_lora_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> LoraTrainConfig:
     """Read a YAML config (``thesis-sdxl`` names the packaged thesis recipe; None = defaults)
-    and apply ``overrides`` (None values are ignored: unset CLI options)."""
-    import yaml
-
+    and apply ``overrides`` (None values are ignored: unset CLI options). A malformed file, an
+    unknown key, a wrong type or a bad value is a :class:`LoraConfigError` naming it."""
     values: dict[str, Any] = {}
+    where = ""
     if path is not None:
         path = THESIS_CONFIG if str(path) == "thesis-sdxl" else Path(path)
         if not path.is_file():
-            raise LoraTrainingError(f"config file {path} does not exist (or use --config thesis-sdxl)")
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(values, dict):
-            raise LoraTrainingError(f"config file {path} must hold a mapping, not {type(values).__name__}")
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return LoraTrainConfig.from_dict(values)
+            raise LoraConfigError(f"config file {path} does not exist (or use --config thesis-sdxl)")
+        where = f"config file {path}: "
+        values = _typed_lora_values(read_config_file(path, error=LoraConfigError), where)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values.update(given)
+    return LoraTrainConfig.from_dict(values, "" if given else where)
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
@@ -429,75 +439,21 @@ def save_lora(path: Path, modules: dict[str, Any], cfg: LoraTrainConfig, family:
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     cls.save_lora_weights(str(tmp_dir), weight_name=LORA_FILE, safe_serialization=True, **kwargs)
     tensors = load_file(str(tmp_dir / LORA_FILE))
-    _save_tensors(tensors, path, {"format": "pt", **metadata})
+    _save_tensors(tensors, path, {"format": "pt", **metadata, "synthex.saved_at": str(time.time())})
     shutil.rmtree(tmp_dir, ignore_errors=True)
     return path
 
 
 def read_lora_metadata(path: str | Path) -> dict[str, str]:
-    """The header metadata of a LoRA file (empty when none)."""
-    from safetensors import safe_open
+    """The header metadata of a LoRA file (empty when none); a file that is not safetensors is
+    an error naming it."""
+    from synthex.train.kohya import read_lora_file
 
-    with safe_open(str(path), framework="pt") as fh:
-        return dict(fh.metadata() or {})
-
-
-# =============================================================================================
-# kohya / AUTOMATIC1111 / ComfyUI export
-# =============================================================================================
-_KOHYA_PREFIX = {"sd": {"unet": "lora_unet", "text_encoder": "lora_te"},
-                 "sdxl": {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}}
+    return read_lora_file(Path(path))[1]
 
 
-def to_kohya(tensors: dict[str, Any], family: str) -> dict[str, Any]:
-    """diffusers-format LoRA tensors -> kohya names (``lora_unet_..._to_q.lora_down.weight``,
-    ``.lora_up.weight`` and ``.alpha`` = rank, i.e. scale 1, since alpha is already folded in)."""
-    import torch
-
-    out: dict[str, Any] = {}
-    for key, value in tensors.items():
-        component, _, rest = key.partition(".")
-        prefix = _KOHYA_PREFIX.get(family, {}).get(component)
-        if prefix is None:
-            raise SynthexError(f"cannot export tensor {key!r} to kohya format: unknown component {component!r}")
-        for marker, kind in ((".lora.down.weight", "lora_down"), (".lora_A.weight", "lora_down"),
-                             (".lora_linear_layer.down.weight", "lora_down"), (".lora.up.weight", "lora_up"),
-                             (".lora_B.weight", "lora_up"), (".lora_linear_layer.up.weight", "lora_up")):
-            if rest.endswith(marker):
-                module = rest[: -len(marker)]
-                break
-        else:
-            raise SynthexError(f"cannot export tensor {key!r} to kohya format: not a LoRA down/up weight")
-        if component != "unet" and not module.startswith("text_model."):
-            module = "text_model." + module  # kohya names CLIP layers from the text_model root
-        name = f"{prefix}_{module.replace('.', '_')}"
-        out[f"{name}.{kind}.weight"] = value
-        if kind == "lora_down":
-            out[f"{name}.alpha"] = torch.tensor(float(value.shape[0]))
-    return out
-
-
-def export_kohya(lora_file: str | Path, out_file: str | Path, *, overwrite: bool = False) -> Path:
-    """Write the kohya-format copy of a diffusers-format LoRA file made by ``train lora``."""
-    from safetensors.torch import load_file
-
-    lora_file, out_file = Path(lora_file), Path(out_file)
-    if not lora_file.is_file():
-        raise SynthexError(f"LoRA file {lora_file} does not exist")
-    if out_file.exists() and not overwrite:
-        raise OutputExistsError(f"{out_file} exists; pass --overwrite or choose another output file")
-    meta = read_lora_metadata(lora_file)
-    family = meta.get("synthex.family") or ("sdxl" if any(k.startswith("text_encoder_2.") for k in load_file(str(lora_file)))
-                                            else "sd")
-    tensors = to_kohya(load_file(str(lora_file)), family)
-    kohya_meta = {k: v for k, v in meta.items() if k != "format"}
-    kohya_meta.update({"ss_network_module": "networks.lora", "ss_network_dim": meta.get("synthex.rank", ""),
-                       "ss_network_alpha": meta.get("synthex.rank", ""),  # alpha folded in: scale 1
-                       "ss_base_model_version": {"sdxl": "sdxl_base_v1-0", "sd": "sd_v1"}.get(family, family),
-                       "ss_output_name": out_file.stem, "ss_training_comment": "SynTheX-Ray; synthetic X-rays are for research, not diagnosis"})
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    _save_tensors(tensors, out_file, {"format": "pt", **kohya_meta})
-    return out_file
+# kohya / AUTOMATIC1111 / ComfyUI export: synthex.train.kohya (re-exported here)
+from synthex.train.kohya import _KOHYA_PREFIX, export_kohya, to_kohya  # noqa: F401
 
 
 # =============================================================================================
@@ -527,16 +483,30 @@ def read_pixels(data_dir: Path, names: list[str], resolution: int, crop: str):
     return to_model_range(torch.from_numpy(np.stack(arrays))[:, None])
 
 
-def build_latent_cache(base: BaseModel, data, path: Path, key: str, progress: bool, batch: int = 16) -> dict:
-    """Encode every image once (or read ``path`` when it was made with the same ``key``)."""
-    import torch
+def _read_cache(path: Path, key: str) -> dict | None:
+    """The tensors of a cache file made with ``key``; None when absent, stale or unreadable (a
+    truncated cache is rebuilt, with a warning)."""
     from safetensors import safe_open
-    from tqdm.auto import tqdm
 
-    if path.is_file():
+    if not path.is_file():
+        return None
+    try:
         with safe_open(str(path), framework="pt") as fh:
             if (fh.metadata() or {}).get("key") == key:
                 return {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as err:  # noqa: BLE001 - SafetensorError, OSError: rebuild it
+        logger.warning("cache %s is unreadable (%s: %s); rebuilding it", path, type(err).__name__, str(err)[:120])
+    return None
+
+
+def build_latent_cache(base: BaseModel, data, path: Path, key: str, progress: bool, batch: int = 16) -> dict:
+    """Encode every image once (or read ``path`` when it was made with the same ``key``)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    cached = _read_cache(path, key)
+    if cached is not None:
+        return cached
     means, stds = [], []
     with torch.no_grad():
         for start in tqdm(range(0, len(data), batch), desc="caching latents", unit="batch", disable=not progress):
@@ -553,13 +523,11 @@ def build_text_cache(base: BaseModel, captions: list[str], path: Path, key: str,
                      batch: int = 32) -> dict:
     """Embeddings of every distinct caption plus the empty caption (last row)."""
     import torch
-    from safetensors import safe_open
     from tqdm.auto import tqdm
 
-    if path.is_file():
-        with safe_open(str(path), framework="pt") as fh:
-            if (fh.metadata() or {}).get("key") == key:
-                return {k: fh.get_tensor(k) for k in fh.keys()}
+    cached = _read_cache(path, key)
+    if cached is not None:
+        return cached
     texts = list(dict.fromkeys(captions)) + [""]
     index = {t: i for i, t in enumerate(texts)}
     hidden, pooled = [], []
@@ -610,8 +578,9 @@ def peak_memory_mb(device) -> float:
 
 
 def _checkpoints(folder: Path) -> list[Path]:
-    done = [p for p in folder.glob("step_*") if (p / "state.json").is_file()] if folder.is_dir() else []
-    return sorted(done, key=lambda p: int(p.name.split("_")[1]))
+    from synthex.train.checkpoints import complete_checkpoint_dirs
+
+    return complete_checkpoint_dirs(folder)
 
 
 # =============================================================================================
@@ -646,7 +615,7 @@ class StepInfo:
 def check_run_dir(run_dir: Path, cfg: LoraTrainConfig, data_dir: Path, resume: bool, world: int) -> bool:
     """Read-only checks (every process runs them); True when the run is new."""
     state = check_run_folder(run_dir, cfg.to_dict(), config_differences, data_dir, resume, kind="LoRA run",
-                             error=LoraTrainingError)
+                             error=LoraTrainingError, trainer="lora")
     if state is None:
         return True
     if state.get("world_size", world) != world:
@@ -663,8 +632,9 @@ def create_run_dir(run_dir: Path, cfg: LoraTrainConfig, data_dir: Path, world: i
 
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    _write_text(run_dir / "state.json", json.dumps({"data_sha256": metadata_fingerprint(data_dir),
-                                                    "world_size": world}, indent=1))
+    _write_text(run_dir / "state.json", json.dumps({
+        "trainer": "lora", "data_sha256": metadata_fingerprint(data_dir), "world_size": world,
+        "session_id": random.SystemRandom().randrange(2**32), "training_started_at": time.time()}, indent=1))
 
 
 def _make_optimizer(cfg: LoraTrainConfig, groups: list[dict]):
@@ -782,8 +752,10 @@ def train_lora(data_dir: str | Path, run_dir: str | Path, cfg: LoraTrainConfig |
         base.weight_dtype = weight_dtype
 
     # --- adapters, optimizer -------------------------------------------------------------
-    torch.manual_seed(derived_seed(cfg.seed, "lora-init"))
-    trained = add_adapters(base, cfg)
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices):  # seeded init, the global random state untouched
+        torch.manual_seed(derived_seed(cfg.seed, "lora-init"))
+        trained = add_adapters(base, cfg)
     for module in trained.values():
         for p in module.parameters():
             if p.requires_grad:
@@ -802,29 +774,16 @@ def train_lora(data_dir: str | Path, run_dir: str | Path, cfg: LoraTrainConfig |
 
     # --- resume ---------------------------------------------------------------------------
     ckpt_dir = run_dir / "checkpoints"
-    start = 0
-    found = _checkpoints(ckpt_dir)
-    if found:
-        from safetensors.torch import load_file
-
-        latest = found[-1]
-        weights = load_file(str(latest / "lora.safetensors"))
-        with torch.no_grad():
-            for k, p in params.items():
-                p.copy_(weights[k])
-        if ema is not None:
-            ema.shadow = {k: v.float() for k, v in load_file(str(latest / "ema.safetensors")).items()}
-        load_optimizer(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-                       latest / "optimizer.safetensors")
-        start = json.loads((latest / "state.json").read_text())["step"]
-        if main:
-            logger.info("resumed from %s (step %d of %d)", latest, start, max_steps)
+    start = resume_lora(ckpt_dir, params, ema, optimizer, main=main)
+    if start and main:
+        logger.info("resumed at step %d of %d", start, max_steps)
     log = LoraLog(run_dir / "training_log.csv") if main else None
     if log is not None:
         log.truncate(start)
     tb = _tensorboard(run_dir / "tensorboard") if main else None
 
     # --- the loop ---------------------------------------------------------------------------
+    run_info = run_metadata(cfg, base, run_dir, data_dir, data.captions, world, max_steps)
     weights = class_weights(data.columns[cfg.balance_by]) if cfg.balance_by else None
     batches = StepBatches(cfg.seed, len(data), cfg.batch_size, cfg.gradient_accumulation, world, weights)
     pipe, sched = base.pipe, base.noise_scheduler
@@ -887,22 +846,26 @@ def train_lora(data_dir: str | Path, run_dir: str | Path, cfg: LoraTrainConfig |
         factor = lr_multiplier(step, max_steps, cfg.warmup_steps, cfg.lr_scheduler)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        torch.manual_seed(derived_seed(cfg.seed, "dropout", step, rank))  # LoRA dropout
         step_idx = batches(step)
         total = 0.0
-        for micro in range(cfg.gradient_accumulation):
-            gen = torch.Generator().manual_seed(derived_seed(cfg.seed, "noise", step, rank, micro))
-            sync = micro == cfg.gradient_accumulation - 1
-            with contextlib.ExitStack() as stack:
-                if not sync:
-                    for m in wrapped.values():
-                        stack.enter_context(accelerator.no_sync(m))
-                loss = micro_loss(step_idx[micro, rank], gen) / cfg.gradient_accumulation
-                if not torch.isfinite(loss):
-                    raise LoraTrainingError(f"loss is {loss.item()} at step {step}; lower the learning rate "
-                                            f"({cfg.learning_rate}) or resume from the last checkpoint")
-                accelerator.backward(loss)
-            total += loss.detach()
+        rng = contextlib.ExitStack()
+        if cfg.dropout > 0:  # peft's LoRA dropout draws from the global generator: fork it, seeded by the step
+            rng.enter_context(torch.random.fork_rng(devices=rng_devices))
+            torch.manual_seed(derived_seed(cfg.seed, "dropout", step, rank))
+        with rng:
+            for micro in range(cfg.gradient_accumulation):
+                gen = torch.Generator().manual_seed(derived_seed(cfg.seed, "noise", step, rank, micro))
+                sync = micro == cfg.gradient_accumulation - 1
+                with contextlib.ExitStack() as stack:
+                    if not sync:
+                        for m in wrapped.values():
+                            stack.enter_context(accelerator.no_sync(m))
+                    loss = micro_loss(step_idx[micro, rank], gen) / cfg.gradient_accumulation
+                    if not torch.isfinite(loss):
+                        raise LoraTrainingError(f"loss is {loss.item()} at step {step}; lower the learning rate "
+                                                f"({cfg.learning_rate}) or resume from the last checkpoint")
+                    accelerator.backward(loss)
+                total += loss.detach()
         if cfg.grad_clip > 0:
             accelerator.clip_grad_norm_(train_params, cfg.grad_clip)
         optimizer.step()
@@ -923,7 +886,7 @@ def train_lora(data_dir: str | Path, run_dir: str | Path, cfg: LoraTrainConfig |
         if step % cfg.checkpoint_every == 0 or step == max_steps:
             if main:
                 _save_checkpoint(ckpt_dir, step, params, ema, optimizer, cfg, trained, base, _metadata(
-                    cfg, base, data_dir, trigger, step, len(data)))
+                    cfg, base, data_dir, trigger, step, len(data), run_info))
             accelerator.wait_for_everyone()
         if main and cfg.validation_every and step % cfg.validation_every == 0 and step != max_steps:
             with ema.swapped_in(params) if ema else contextlib.nullcontext():
@@ -940,7 +903,7 @@ def train_lora(data_dir: str | Path, run_dir: str | Path, cfg: LoraTrainConfig |
     # --- outputs (main process) --------------------------------------------------------------
     for m in wrapped.values():
         m.eval()
-    metadata = _metadata(cfg, base, data_dir, trigger, max_steps, len(data))
+    metadata = _metadata(cfg, base, data_dir, trigger, max_steps, len(data), run_info)
     lora_file, kohya_file, grid, preset = run_dir / LORA_FILE, None, None, None
     if main:
         with ema.swapped_in(params) if ema else contextlib.nullcontext():
@@ -962,7 +925,9 @@ def train_lora(data_dir: str | Path, run_dir: str | Path, cfg: LoraTrainConfig |
 
 
 def _metadata(cfg: LoraTrainConfig, base: BaseModel, data_dir: Path, trigger: str | None, steps: int,
-              n_images: int) -> dict[str, str]:
+              n_images: int, run: dict[str, str] | None = None) -> dict[str, str]:
+    """The ``synthex.*`` header of a LoRA file; ``run`` adds the run's facts (name, session,
+    start time, processes, budget, tag counts) that the kohya export turns into ``ss_*`` keys."""
     from synthex.train.data import metadata_fingerprint
 
     spec = base.loaded.spec
@@ -976,27 +941,88 @@ def _metadata(cfg: LoraTrainConfig, base: BaseModel, data_dir: Path, trigger: st
         "synthex.resolution": str(base.resolution), "synthex.images": str(n_images),
         "synthex.dataset_sha256": metadata_fingerprint(data_dir), "synthex.trigger": trigger or "",
         "synthex.note": "Images made with this adapter are synthetic; for research, not diagnosis.",
+        **(run or {}),
     }
+
+
+def run_metadata(cfg: LoraTrainConfig, base: BaseModel, run_dir: Path, data_dir: Path, captions: list[str],
+                 world: int, max_steps: int) -> dict[str, str]:
+    """The run's facts recorded in every LoRA file it writes (see :func:`_metadata`)."""
+    from synthex.train.kohya import optimizer_name, tag_frequency
+    from synthex.train.scratch import read_run_file
+
+    state = read_run_file(run_dir / "state.json", error=LoraTrainingError) if (run_dir / "state.json").is_file() else {}
+    started = state.get("training_started_at") or (run_dir / "config.yaml").stat().st_mtime
+    session = state.get("session_id", derived_seed(cfg.seed, metadata_fingerprint_or_empty(data_dir)) % 2**32)
+    cross = getattr(base.pipe.unet.config, "cross_attention_dim", None)
+    version = "sdxl_base_v1-0" if base.family == "sdxl" else ("sd_v2" if cross == 1024 else "sd_v1")
+    dataset = Path(data_dir).resolve().name
+    return {
+        "synthex.run_name": Path(run_dir).resolve().name, "synthex.session_id": str(session),
+        "synthex.training_started_at": str(started), "synthex.world_size": str(world),
+        "synthex.max_steps": str(max_steps), "synthex.base_model_version": version,
+        "synthex.optimizer": optimizer_name(cfg.to_dict()), "synthex.dataset_dir": dataset,
+        "synthex.tag_frequency": json.dumps({dataset: tag_frequency(captions)}),
+        "synthex.config": json.dumps(cfg.to_dict()),
+    }
+
+
+def metadata_fingerprint_or_empty(data_dir: Path) -> str:
+    from synthex.train.data import metadata_fingerprint
+
+    return metadata_fingerprint(data_dir) if (Path(data_dir) / "metadata.csv").is_file() else ""
+
+
+def checkpoint_files(ema) -> list[str]:
+    """The files a LoRA checkpoint must hold to resume from it."""
+    return ["lora.safetensors", *(["ema.safetensors"] if ema is not None else []), "optimizer.safetensors"]
+
+
+def resume_lora(folder: Path, params: dict, ema, optimizer, *, main: bool = True) -> int:
+    """Load the newest readable LoRA checkpoint of ``folder`` into the LoRA parameters, EMA and
+    optimizer (older ones when the newest is truncated, with a warning); returns its step."""
+    import torch
+
+    from synthex.train.checkpoints import load_latest_checkpoint
+
+    inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+
+    def apply(ckpt) -> None:
+        weights = ckpt.tensors["lora"]
+        unknown = [k for k in params if k not in weights]
+        if unknown or len(weights) != len(params):
+            raise KeyError(f"lora.safetensors has {len(weights)} tensors, the model {len(params)} LoRA "
+                           f"parameters (first missing: {unknown[:1]})")
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(weights[k])
+        if ema is not None:
+            shadow = {k: v.float() for k, v in ckpt.tensors["ema"].items()}
+            if set(shadow) != set(params):
+                raise KeyError("ema.safetensors does not hold the LoRA parameters")
+            ema.shadow = shadow
+        inner.load_state_dict(ckpt.optimizer)
+
+    ckpt = load_latest_checkpoint(folder, checkpoint_files(ema), apply, what="lora", quarantine=main,
+                                  error=LoraTrainingError)
+    return ckpt.step if ckpt else 0
 
 
 def _save_checkpoint(folder: Path, step: int, params: dict, ema, optimizer, cfg: LoraTrainConfig,
                      trained: dict, base: BaseModel, metadata: dict[str, str]) -> Path:
-    """``folder/step_XXXXXXX`` written to a temp folder then renamed; keeps the last N."""
-    final, tmp = folder / f"step_{step:07d}", folder / f".tmp_step_{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    _save_tensors({k: p.detach().float().cpu() for k, p in params.items()}, tmp / "lora.safetensors")
-    if ema is not None:
-        _save_tensors(ema.shadow, tmp / "ema.safetensors")
-    save_optimizer(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, tmp / "optimizer.safetensors")
-    with ema.swapped_in(params) if ema else contextlib.nullcontext():
-        save_lora(tmp / LORA_FILE, trained, cfg, base.family, {**metadata, "synthex.steps": str(step)})
-    (tmp / "state.json").write_text(json.dumps({"step": step}), encoding="utf-8")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in _checkpoints(folder)[: -max(1, cfg.keep_checkpoints)]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    """``folder/step_XXXXXXX`` written to a temp folder, synced, then renamed; keeps the last N."""
+    from synthex.train.checkpoints import write_checkpoint
+
+    def write(tmp: Path) -> None:
+        _save_tensors({k: p.detach().float().cpu() for k, p in params.items()}, tmp / "lora.safetensors")
+        if ema is not None:
+            _save_tensors(ema.shadow, tmp / "ema.safetensors")
+        save_optimizer(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+                       tmp / "optimizer.safetensors")
+        with ema.swapped_in(params) if ema else contextlib.nullcontext():
+            save_lora(tmp / LORA_FILE, trained, cfg, base.family, {**metadata, "synthex.steps": str(step)})
+
+    return write_checkpoint(folder, step, {}, write, cfg.keep_checkpoints)
 
 
 def _validation_prompts(cfg: LoraTrainConfig, data, trigger: str | None) -> list[str]:

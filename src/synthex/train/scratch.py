@@ -31,6 +31,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,37 +152,208 @@ class ScratchConfig:
         return out
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ScratchConfig":
-        values = dict(values or {})
-        _check_keys(values, cls, "")
-        sections = {"vae": VaeStage, "unet": UnetStage, "validation": ValidationSpec}
-        for key, kind in sections.items():
-            _check_keys(values.get(key) or {}, kind, key + ".")
-            values[key] = kind(**(values.get(key) or {}))
-        values["arch"] = EmbeddedArch.from_dict(values.get("arch"))
+    def from_dict(cls, values: dict[str, Any], where: str = "") -> "ScratchConfig":
+        """Build from a (YAML) mapping; unknown keys, wrong types and bad values raise
+        :class:`~synthex.errors.ConfigError` naming the key (and ``where`` it came from)."""
+        values = _typed_values(dict(values or {}), where)
+        for key, kind in (("vae", VaeStage), ("unet", UnetStage), ("validation", ValidationSpec)):
+            if not isinstance(values.get(key), kind):
+                values[key] = kind(**(values.get(key) or {}))
+        if not isinstance(values.get("arch"), EmbeddedArch):
+            values["arch"] = EmbeddedArch.from_dict(values.get("arch"))
         cfg = cls(**values)
-        cfg.validate()
+        cfg.validate(where)
         return cfg
 
-    def validate(self) -> None:
+    def validate(self, where: str = "") -> None:
+        """Every setting checked (types, ranges, nan/inf, a resolution the VAE and UNet can
+        take); one :class:`~synthex.errors.ConfigError` lists every problem."""
+        from synthex.models.embedded import embedded_configs
+
+        sections = {"arch": self.arch, "vae": self.vae, "unet": self.unet, "validation": self.validation}
+        top = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in sections}
+        check_types(top, ScratchConfig, where=where)
+        for key, section in sections.items():
+            check_types(dataclasses.asdict(section), type(section), prefix=key + ".", where=where)
+        problems = []
         if self.save_dtype not in ("float32", "float16", "bfloat16"):
-            raise ConfigError(f"save_dtype {self.save_dtype!r} must be float32, float16 or bfloat16")
+            problems.append(f"save_dtype {self.save_dtype!r} must be float32, float16 or bfloat16")
         for name, stage in (("vae", self.vae), ("unet", self.unet)):
-            if stage.max_steps < 1 or stage.batch_size < 1:
-                raise ConfigError(f"{name}.max_steps and {name}.batch_size must be >= 1")
             if stage.schedule not in ("cosine", "constant"):
-                raise ConfigError(f"{name}.schedule {stage.schedule!r} must be 'cosine' or 'constant'")
-        if not 0.0 <= self.unet.caption_dropout < 1.0:
-            raise ConfigError(f"unet.caption_dropout {self.unet.caption_dropout} must be in [0, 1)")
+                problems.append(f"{name}.schedule {stage.schedule!r} must be 'cosine' or 'constant'")
+            problems += check_numbers([
+                (f"{name}.max_steps", stage.max_steps, ">=1"), (f"{name}.batch_size", stage.batch_size, ">=1"),
+                (f"{name}.lr", stage.lr, ">0"), (f"{name}.warmup_steps", stage.warmup_steps, ">=0"),
+                (f"{name}.min_lr_ratio", stage.min_lr_ratio, "[0,1]"),
+                (f"{name}.weight_decay", stage.weight_decay, ">=0"), (f"{name}.grad_clip", stage.grad_clip, ">=0"),
+                (f"{name}.checkpoint_every", stage.checkpoint_every, ">=1")])
+        v, u = self.vae, self.unet
+        problems += check_numbers([
+            ("vae.l1_weight", v.l1_weight, ">=0"), ("vae.l2_weight", v.l2_weight, ">=0"),
+            ("vae.edge_weight", v.edge_weight, ">=0"), ("vae.kl_weight", v.kl_weight, ">=0"),
+            ("unet.text_lr", u.text_lr, ">0"), ("unet.caption_dropout", u.caption_dropout, "[0,1)"),
+            ("unet.min_snr_gamma", u.min_snr_gamma, ">=0"), ("unet.noise_offset", u.noise_offset, ">=0"),
+            ("unet.ema_decay", u.ema_decay, "[0,1)"), ("unet.validate_every", u.validate_every, ">=0"),
+            ("validation.steps", self.validation.steps, ">=1"),
+            ("validation.guidance_scale", self.validation.guidance_scale, ">=0"),
+            ("resolution", self.resolution, ">=1"), ("keep_checkpoints", self.keep_checkpoints, ">=1"),
+            ("data_workers", self.data_workers, ">=0")])
         if self.vocab_size < 600:
-            raise ConfigError(f"vocab_size {self.vocab_size} must be >= 600 (512 byte symbols + merges)")
+            problems.append(f"vocab_size {self.vocab_size} must be >= 600 (512 byte symbols + merges)")
+        if not self.validation.prompts or not self.validation.seeds:
+            problems.append("validation.prompts and validation.seeds must not be empty")
+        if problems:
+            raise ConfigError(f"{where}invalid training options: " + "; ".join(problems))
+        try:
+            embedded_configs(self.resolution, self.arch)  # the resolution the VAE and UNet levels need
+        except ConfigError as err:
+            raise ConfigError(f"{where}{err}; pick another --resolution (resolution:) or arch") from err
 
 
-def _check_keys(values: dict, kind, prefix: str) -> None:
+def _check_keys(values: dict, kind, prefix: str, where: str = "") -> None:
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(kind)})
     if unknown:
-        raise ConfigError(f"unknown config key(s) {[prefix + k for k in unknown]}; known: "
+        raise ConfigError(f"{where}unknown config key(s) {[prefix + k for k in unknown]}; known: "
                            f"{sorted(prefix + f.name for f in dataclasses.fields(kind))}")
+
+
+def _is_union(hint) -> bool:
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    return origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType)
+
+
+def _type_name(hint) -> str:
+    import typing
+
+    args = typing.get_args(hint)
+    if _is_union(hint):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (" or null" if type(None) in args else "")
+    if typing.get_origin(hint) in (list, tuple):
+        return f"a list of {_type_name(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
+
+
+def _coerce(value: Any, hint) -> tuple[bool, Any]:
+    """(fits, value) for a YAML / CLI value and a field annotation. A number written as a string
+    (YAML 1.1 reads ``1e-4`` as a string) becomes a float; an int is a valid float."""
+    import typing
+
+    args = typing.get_args(hint)
+    if _is_union(hint):
+        if value is None:
+            return type(None) in args, None
+        for arg in args:
+            if arg is not type(None):
+                ok, out = _coerce(value, arg)
+                if ok:
+                    return True, out
+        return False, value
+    if typing.get_origin(hint) in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        coerced = [_coerce(v, args[0] if args else Any) for v in value]
+        if not all(ok for ok, _ in coerced):
+            return False, value
+        return True, type(value)(v for _, v in coerced)
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):
+            try:
+                return True, float(value.strip())
+            except ValueError:
+                return False, value
+        return False, value
+    if hint is str:
+        return isinstance(value, str), value
+    return True, value
+
+
+def check_types(values: dict, kind, *, prefix: str = "", where: str = "",
+                error: type[SynthexError] = ConfigError) -> dict:
+    """``values`` with every key of the dataclass ``kind`` type-checked against its annotation
+    (integers, numbers, true/false, strings, lists, null where optional); a wrong type raises
+    ``error`` naming the key and ``where`` it came from (e.g. "config file x.yaml: ")."""
+    import typing
+
+    hints = typing.get_type_hints(kind)
+    out = dict(values)
+    for key, value in values.items():
+        hint = hints.get(key)
+        if hint is None or (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+            continue
+        ok, coerced = _coerce(value, hint)
+        if not ok:
+            raise error(f"{where}{prefix}{key} is {value!r}, which is not {_type_name(hint)}; fix {prefix}{key}")
+        out[key] = coerced
+    return out
+
+
+def check_numbers(checks: list[tuple[str, Any, str]]) -> list[str]:
+    """Problems of numeric settings ``(name, value, rule)``, rule one of ``>0``, ``>=0``, ``>=1``,
+    ``[0,1)``, ``[0,1]``, ``finite``; None is skipped, nan and inf always fail."""
+    texts = {">0": "a finite number > 0", ">=0": "a finite number >= 0", ">=1": ">= 1", "[0,1)": "in [0, 1)",
+             "[0,1]": "in [0, 1]", "finite": "a finite number"}
+    problems = []
+    for name, value, rule in checks:
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{name} {value!r} must be a number")
+            continue
+        fails = {">0": value <= 0, ">=0": value < 0, ">=1": value < 1, "[0,1)": not 0 <= value < 1,
+                 "[0,1]": not 0 <= value <= 1, "finite": False}[rule]
+        if fails or not math.isfinite(value):
+            problems.append(f"{name} {value!r} must be {texts[rule]}")
+    return problems
+
+
+def read_config_file(path: Path, *, error: type[SynthexError] = ConfigError) -> dict:
+    """A YAML config file as a mapping; a missing, non-UTF-8, malformed or non-mapping file is an
+    error naming it."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise error(f"config file {path} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                    "save it as UTF-8") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise error(f"config file {path} is not valid YAML ({problem}{at}); fix the file") from err
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise error(f"config file {path} must hold a mapping (key: value lines), not {type(values).__name__}")
+    return values
+
+
+def _typed_values(values: dict, where: str) -> dict:
+    """A ``train base`` mapping with known keys and types only (sections included)."""
+    _check_keys(values, ScratchConfig, "", where)
+    values = check_types(values, ScratchConfig, where=where)
+    for key, kind in (("vae", VaeStage), ("unet", UnetStage), ("validation", ValidationSpec), ("arch", EmbeddedArch)):
+        section = values.get(key)
+        if section is None or isinstance(section, kind):
+            continue
+        if not isinstance(section, dict):
+            raise ConfigError(f"{where}{key} is {section!r}; it must be a mapping of {key}.* settings")
+        _check_keys(section, kind, key + ".", where)
+        values[key] = check_types(section, kind, prefix=key + ".", where=where)
+    return values
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> ScratchConfig:
@@ -190,23 +362,20 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     ``overrides`` maps dotted keys to values, e.g. ``{"vae.max_steps": 10, "resolution": 64}``;
     None values are ignored (unset CLI options).
     """
-    import yaml
-
     path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must hold a mapping, not {type(values).__name__}")
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
+    values = read_config_file(path)
+    where = f"config file {path}: "
+    _typed_values(copy.deepcopy(values), where)  # keys and types of the file, named with the file
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for key, value in given.items():
         *parents, leaf = key.split(".")
         node = values
         for part in parents:
+            if not isinstance(node.get(part, {}), dict):
+                raise ConfigError(f"{where}{part} must be a mapping of {part}.* settings")
             node = node.setdefault(part, {})
         node[leaf] = value
-    return ScratchConfig.from_dict(values)
+    return ScratchConfig.from_dict(values, "" if given else where)
 
 
 def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
@@ -296,7 +465,7 @@ class _Run:
 
         self.data_dir, self.dir, self.cfg, self.ctx = Path(data_dir), Path(run_dir), cfg, ctx
         self.configs = embedded_configs(cfg.resolution, cfg.arch)
-        self.state = json.loads((self.dir / "state.json").read_text()) if (self.dir / "state.json").exists() else {}
+        self.state = read_run_file(self.dir / "state.json") if (self.dir / "state.json").exists() else {}
         self.state.setdefault("done", [])
         self.torch = torch
         self.data = self.tokenizer = self.components = self.latents = None
@@ -305,8 +474,15 @@ class _Run:
     def done(self, stage: str) -> bool:
         return stage in self.state["done"]
 
+    def undo(self, stage: str, reason: str) -> None:
+        """Reopen a finished stage whose output is unreadable (it is redone, or restored from its
+        last checkpoint, to the same result)."""
+        logger.warning("%s; redoing the %s stage", reason, stage)
+        self.state["done"] = [d for d in self.state["done"] if d != stage]
+
     def mark_done(self, stage: str, **info: Any) -> None:
-        self.state["done"].append(stage)
+        if stage not in self.state["done"]:
+            self.state["done"].append(stage)
         self.state.update(info)
         _write_text(self.dir / "state.json", json.dumps(self.state, indent=1))
 
@@ -362,12 +538,15 @@ def stage_data(run: _Run) -> None:
     if run.done("data"):
         from safetensors.torch import load_file
 
-        images = load_file(str(cache / "images.safetensors"))["images"]
-        meta = json.loads((cache / "captions.json").read_text(encoding="utf-8"))
-        run.data = ImageTextData(images, meta["captions"], meta["file_names"],
-                                 [Reject(**r) for r in meta["rejects"]])
-        run.alternatives = meta.get("alternatives") or [meta["captions"]]
-        return
+        try:
+            images = load_file(str(cache / "images.safetensors"))["images"]
+            meta = json.loads((cache / "captions.json").read_text(encoding="utf-8"))
+            run.data = ImageTextData(images, meta["captions"], meta["file_names"],
+                                     [Reject(**r) for r in meta["rejects"]])
+            run.alternatives = meta.get("alternatives") or [meta["captions"]]
+            return
+        except Exception as err:  # noqa: BLE001 - a truncated or missing cache is rebuilt, never fatal
+            run.undo("data", f"{cache} is unreadable ({type(err).__name__}: {str(err)[:120]})")
     cfg = run.cfg
     data = load_imagefolder(run.data_dir, cfg.resolution, split=cfg.split, text_column=cfg.text_column,
                             workers=cfg.data_workers, progress=run.ctx.progress,
@@ -407,9 +586,12 @@ def stage_vae(run: _Run) -> None:
     """Train the VAE (skipped when done); leaves the trained VAE in ``run.components``."""
     vae, folder = run.components["vae"], run.dir / "vae"
     if run.done("vae"):
-        _load_module(vae, folder / "vae.safetensors")
-        vae.eval()
-        return
+        try:
+            _load_module(vae, folder / "vae.safetensors")
+            vae.eval()
+            return
+        except Exception as err:  # noqa: BLE001 - rebuilt from the stage's last checkpoint (or redone)
+            run.undo("vae", f"{folder / 'vae.safetensors'} is unreadable ({type(err).__name__}: {str(err)[:120]})")
     if run.cfg.init_from and not run.cfg.train_vae:  # warm start: keep its autoencoder as it is
         vae.eval()
         folder.mkdir(parents=True, exist_ok=True)
@@ -460,11 +642,23 @@ def _save_image(image, path: Path) -> None:
     tmp.replace(path)
 
 
+def _readable_safetensors(path: Path) -> bool:
+    from safetensors.torch import load_file
+
+    try:
+        load_file(str(path))
+        return True
+    except Exception:  # noqa: BLE001 - SafetensorError, OSError: not readable
+        return False
+
+
 def stage_latents(run: _Run, batch_size: int = 64) -> None:
     """Encode every training image once; set the VAE scaling factor to 1 / latent std."""
     torch = run.torch
     path = run.dir / "cache" / "latents.safetensors"
     vae = run.components["vae"]
+    if run.done("latents") and not _readable_safetensors(path):
+        run.undo("latents", f"{path} is unreadable (truncated or missing)")
     if not run.done("latents"):
         means, stds = [], []
         with torch.no_grad():
@@ -624,18 +818,89 @@ def _folder_mb(folder: Path) -> float:
 # =============================================================================================
 # 6. Entry point
 # =============================================================================================
-def check_run_folder(run_dir: Path, config: dict, differences: Callable[[dict, dict], list[str]],
-                     data_dir: Path, resume: bool, *, kind: str = "training run",
-                     error: type[SynthexError] = SynthexError) -> dict | None:
-    """Read-only checks shared by the trainers: None for a new run (folder absent or empty),
-    the saved ``state.json`` for a valid resume; otherwise one clear error (an existing run
-    without ``resume``, a foreign non-empty folder, other weight-changing options, another
-    dataset)."""
+# What each trainer's run folder is called and how to resume it (see run_folder_kind).
+TRAINERS = {
+    "base": ("base-model training folder", "synthex train base"),
+    "lora": ("LoRA training folder", "synthex train lora"),
+    "search": ("search-model training folder", "synthex train search"),
+}
+_KIND_TO_TRAINER = {"training run": "base", "LoRA run": "lora", "search training run": "search"}
+
+
+def read_run_file(path: Path, *, error: type[SynthexError] = SynthexError) -> Any:
+    """The parsed ``state.json`` / ``config.yaml`` of a run folder; an empty, truncated or
+    non-UTF-8 file is an error naming it."""
     import yaml
 
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        value = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as err:
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise error(f"{path} is empty or corrupt ({reason}); restore it from a backup, or start a new --out "
+                    "folder") from err
+    if not isinstance(value, dict):
+        raise error(f"{path} is empty or corrupt (it holds {type(value).__name__}, not a mapping); restore it "
+                    "from a backup, or start a new --out folder")
+    return value
+
+
+def run_folder_kind(run_dir: Path) -> str | None:
+    """Which trainer made ``run_dir``: "base", "lora", "search", or None (not a run folder).
+
+    ``state.json`` names it (``"trainer"``) in folders made by this version; older folders are
+    recognised by the keys of their ``config.yaml``."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    try:
+        state = json.loads((run_dir / "state.json").read_text(encoding="utf-8"))
+        if isinstance(state, dict) and state.get("trainer") in TRAINERS:
+            return state["trainer"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    keys = set(config)
+    if {"rank", "target_modules"} <= keys:
+        return "lora"
+    if {"arch", "vae", "unet"} <= keys:
+        return "base"
+    if {"embed_dim", "image_size"} <= keys or {"init_image", "init_text"} <= keys:
+        return "search"
+    return None
+
+
+def _other_kind_error(run_dir: Path, found: str, trainer: str, resume: bool) -> OutputExistsError:
+    name, command = TRAINERS[found]
+    if resume:
+        return OutputExistsError(f"{run_dir} is a {name}, not a {TRAINERS[trainer][0]}; resume it with "
+                                 f"`{command} --resume`, or choose another --out folder for `{TRAINERS[trainer][1]}`")
+    return OutputExistsError(f"{run_dir} already holds a {name} (made by `{command}`); choose another --out "
+                             "folder")
+
+
+def check_run_folder(run_dir: Path, config: dict, differences: Callable[[dict, dict], list[str]],
+                     data_dir: Path, resume: bool, *, kind: str = "training run",
+                     error: type[SynthexError] = SynthexError, trainer: str | None = None) -> dict | None:
+    """Read-only checks shared by the trainers: None for a new run (folder absent or empty),
+    the saved ``state.json`` for a valid resume; otherwise one clear error (a folder of another
+    trainer, named with the command that resumes it; an existing run without ``resume``; a
+    foreign non-empty folder; other weight-changing options; another dataset).
+
+    ``trainer`` ("base", "lora", "search"; default: from ``kind``) is the calling trainer."""
     from synthex.train.data import metadata_fingerprint
 
     run_dir, saved = Path(run_dir), Path(run_dir) / "config.yaml"
+    trainer = trainer or _KIND_TO_TRAINER.get(kind)
+    found = run_folder_kind(run_dir) if run_dir.is_dir() else None
+    if found is not None and trainer is not None and found != trainer:
+        raise _other_kind_error(run_dir, found, trainer, resume)
     if not saved.exists():
         if run_dir.exists() and any(run_dir.iterdir()):
             raise OutputExistsError(f"{run_dir} is not empty and holds no {kind}; choose an empty --out folder")
@@ -643,11 +908,11 @@ def check_run_folder(run_dir: Path, config: dict, differences: Callable[[dict, d
     if not resume:
         raise OutputExistsError(f"{run_dir} already holds a {kind}; pass --resume to continue it "
                                 "or choose another --out folder")
-    diffs = differences(yaml.safe_load(saved.read_text(encoding="utf-8")), config)
+    diffs = differences(read_run_file(saved, error=error), config)
     if diffs:
         raise error(f"cannot resume {run_dir} with a different configuration ({'; '.join(diffs)}); "
                     "resume with the same options or start a new --out folder")
-    state = json.loads((run_dir / "state.json").read_text(encoding="utf-8"))
+    state = read_run_file(run_dir / "state.json", error=error)
     fingerprint = metadata_fingerprint(data_dir) if (Path(data_dir) / "metadata.csv").is_file() else None
     if fingerprint and state.get("data_sha256") not in (None, fingerprint):
         raise error(f"cannot resume {run_dir}: {data_dir}/metadata.csv differs from the dataset "
@@ -669,7 +934,8 @@ def prepare_run_dir(run_dir: Path, cfg: ScratchConfig, data_dir: Path, resume: b
     fingerprint = metadata_fingerprint(data_dir) if (Path(data_dir) / "metadata.csv").is_file() else None
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    _write_text(run_dir / "state.json", json.dumps({"done": [], "data_sha256": fingerprint}, indent=1))
+    _write_text(run_dir / "state.json", json.dumps({"trainer": "base", "done": [], "data_sha256": fingerprint},
+                                                   indent=1))
 
 
 def extend_budget(run_dir: Path, cfg: ScratchConfig, state: dict) -> list[str]:
@@ -681,8 +947,7 @@ def extend_budget(run_dir: Path, cfg: ScratchConfig, state: dict) -> list[str]:
     the UNet trained on them would no longer match it. Returns the extended keys."""
     import yaml
 
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    old = _flatten(saved)
+    old = _flatten(read_run_file(run_dir / "config.yaml"))
     extended = [k for k in EXTENDABLE_KEYS if cfg.to_dict()[k.split(".")[0]][k.split(".")[1]] != old.get(k)]
     if not extended:
         return []
@@ -705,6 +970,9 @@ def train_base(data_dir: Path, run_dir: Path, config: ScratchConfig | None = Non
     cfg = config or load_config()
     cfg.validate()
     run_dir = Path(run_dir)
+    from synthex.train.data import read_metadata
+
+    read_metadata(data_dir, split=cfg.split, text_column=cfg.text_column)  # a bad dataset fails before --out is made
     prepare_run_dir(run_dir, cfg, data_dir, resume)
     ctx = RunContext(run_dir, cfg.seed, TrainingLog(run_dir / "training_log.csv"), cfg.keep_checkpoints,
                      progress, callback)
