@@ -339,3 +339,22 @@ def test_truncated_cache_is_rebuilt(tmp_path, dataset, caplog):
                             progress=False)
     assert "latents.safetensors is unreadable" in caplog.text and result.steps == 2
     assert load_file(str(run / "cache" / "latents.safetensors"))["mean"].shape[0] == 12
+
+
+def test_training_rows_naming_files_outside_the_folder_are_rejected(tmp_path):
+    """The one path check (paths.member_path) for every file a data file names."""
+    import numpy as np
+    from PIL import Image
+
+    from synthex.train.data import load_imagefolder
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    Image.fromarray(np.full((32, 32), 100, np.uint8)).save(data / "images" / "a.png")
+    Image.fromarray(np.full((32, 32), 200, np.uint8)).save(tmp_path / "outside.png")
+    (data / "metadata.csv").write_text("file_name,text\nimages/a.png,cardiomegaly\n../outside.png,effusion\n"
+                                       f"{tmp_path / 'outside.png'},effusion\nimages\\a.png,normal\n")
+    loaded = load_imagefolder(data, 32, split=None)
+    assert loaded.file_names == ["images/a.png", "images\\a.png"]
+    reasons = {r.file_name: r.reason for r in loaded.rejects}
+    assert "climbs out" in reasons["../outside.png"] and "absolute" in reasons[str(tmp_path / "outside.png")]

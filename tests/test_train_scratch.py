@@ -177,6 +177,10 @@ def test_tiny_run_makes_a_loadable_grayscale_pipeline(tmp_path, dataset):
                  "pipeline/model_index.json", "pipeline/tokenizer/tokenizer.json"):
         assert (run / name).is_file(), name
     assert not list(run.rglob("*.bin")) and not list(run.rglob("*.pt"))
+    from safetensors import safe_open
+
+    with safe_open(str(run / "pipeline/text_encoder/model.safetensors"), framework="pt") as handle:
+        assert all(k.startswith("text_model.") for k in handle.keys())  # transformers 4 and 5 both read these
     log = pd.read_csv(run / "training_log.csv")
     assert list(log.columns) == ["step", "stage", "loss", "lr", "seconds", "images_per_s"]
     assert log[log.stage == "vae"].step.tolist() == [1, 2, 3, 4]

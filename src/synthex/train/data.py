@@ -162,9 +162,13 @@ def _load_one(folder: Path, row: int, name: str, caption: str, resolution: int, 
 
     if not caption.strip():
         return None, Reject(row, name, "empty caption")
-    path = (folder / name).resolve()
-    if not name or folder.resolve() not in path.parents:
-        return None, Reject(row, name, "file_name is empty or points outside the dataset folder")
+    from synthex.errors import OutsidePathError
+    from synthex.paths import member_path
+
+    try:
+        path = member_path(folder, name)
+    except OutsidePathError as exc:
+        return None, Reject(row, name, f"file_name points outside the dataset folder ({exc.reason})")
     if not path.is_file():
         return None, Reject(row, name, "image file not found")
     try:

@@ -781,6 +781,9 @@ def stage_export(run: _Run, modules: dict) -> Path:
         parts.update({k: copy.deepcopy(parts[k]).to(dtype) for k in ("vae", "unet")})
     pipe = _pipeline(run, parts)
     pipe.save_pretrained(str(tmp), safe_serialization=True)
+    from synthex.models.compat import portable_text_encoders
+
+    portable_text_encoders(tmp)  # keys transformers 4 and 5 both read
     save_tokenizer(run.tokenizer, tmp / "tokenizer")
     _write_text(tmp / "README.md", _model_card(run))
     shutil.rmtree(final, ignore_errors=True)
