@@ -21,7 +21,7 @@ from synthex.generate.batch import (
 )
 from synthex.generate.engine import Engine
 from synthex.generate.infotext import read_png_text
-from tests.helpers_tiny import tiny_model_dir, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers_tiny import one_thread, tiny_model_dir  # noqa: F401 (autouse fixture)
 
 ROWS = [
     {"prompt": "Chest x-ray. Normal. (The lungs are clear:1.5).", "label": "normal", "count": 2},
@@ -45,7 +45,8 @@ def prompts_csv(tmp_path) -> Path:
 def options(prompts: Path, out: Path, **kwargs) -> SynthesizeOptions:
     kwargs.setdefault("steps", 1)
     kwargs.setdefault("progress", False)
-    return SynthesizeOptions(prompts_file=prompts, out=out, model=str(tiny_model_dir("sd-l")), **kwargs)
+    kwargs.setdefault("model", str(tiny_model_dir("sd-l")))
+    return SynthesizeOptions(prompts_file=prompts, out=out, **kwargs)
 
 
 def metadata(out: Path) -> tuple[pd.DataFrame, list[dict]]:
@@ -124,7 +125,7 @@ def test_per_class_counts_round_robin(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in rows))
     jobs = plan_jobs(read_prompts(path), options(path, tmp_path, per_class=3, class_column="finding"), 0)
     assert [j.row for j in jobs] == [0, 0, 1, 2, 2, 2]
-    assert jobs[0].labels == {"finding": "normal", "source_file_name": "real/0.png"}
+    assert jobs[0].labels == {"finding": "normal", "source_image": "real/0.png"}
 
 
 # ------------------------------------------------------------------------------- running
@@ -229,6 +230,83 @@ def test_foreign_folder_is_refused(tmp_path, prompts_csv, engine):
     (out / "metadata.csv").write_text("file_name,text\n")
     with pytest.raises(OutputExistsError, match="not a synthesize run"):
         synthesize(options(prompts_csv, out), engine)
+
+
+def _load_imagefolder(out: Path, cache: Path):
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    import datasets
+
+    return datasets.load_dataset("imagefolder", data_dir=str(out), split="train", cache_dir=str(cache))
+
+
+def test_prepare_output_as_prompts_loads_with_datasets(tmp_path, engine):
+    """A metadata.csv from `synthex data prepare` (file_name, text, ...) as prompts: the output
+    must not hold a second image column (source_file_name was one) and still load."""
+    path = tmp_path / "prepared" / "metadata.csv"
+    path.parent.mkdir()
+    pd.DataFrame([{"file_name": f"images/{i}.png", "text": f"Chest x-ray. Finding {i}.", "uid": i,
+                   "image_id": f"{i}_IM", "split": "train", "is_normal": i == 0, "labels": "normal",
+                   "mesh": "normal", "projection": "Frontal", "width": 512, "xray_file_name": "x.png",
+                   "image": "y.png"} for i in range(2)]).to_csv(path, index=False)
+    out = tmp_path / "synthetic"
+    synthesize(options(path, out, seed=3), engine)
+    frame, _ = metadata(out)
+    columns = list(frame.columns)
+    assert "source_file_name" not in columns and not any(c.endswith("_file_name") for c in columns[1:])
+    assert list(frame["source_image"]) == ["images/0.png", "images/1.png"]
+    assert list(frame["source_width"]) == [512, 512] and list(frame["width"]) == [64, 64]
+    assert list(frame["xray_file"]) == ["x.png", "x.png"] and "source_image_2" in columns
+    ds = _load_imagefolder(out, tmp_path / "hf-cache")
+    assert len(ds) == 2 and ds[1]["seed"] == 4 and ds[0]["image"].size == (64, 64)
+    assert ds[0]["source_image"] == "images/0.png"
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"steps": 0}, "steps: must be a whole number from 1 to 150"),
+    ({"seed": "-5"}, "seed: must be a whole number from 0"),
+    ({"sampler": "Euler b"}, "Unknown sampler 'Euler b'"),
+    ({"model": "/no/such/model"}, "neither a preset"),
+])
+def test_refused_run_writes_nothing(tmp_path, prompts_csv, engine, change, words):
+    out = tmp_path / "synthetic"
+    with pytest.raises(SynthexError, match=words):
+        synthesize(options(prompts_csv, out, **change), engine)
+    assert not out.exists() or not any(out.iterdir())
+    result = synthesize(options(prompts_csv, out, max_images=1), engine)  # the corrected command
+    assert result.done == 1
+
+
+def test_bad_row_is_refused_before_writing(tmp_path, engine):
+    path = tmp_path / "p.csv"
+    path.write_text("prompt\nChest x-ray.\nChest x-ray. <lora:nowhere:0.5>\n")
+    out = tmp_path / "synthetic"
+    with pytest.raises(SynthexError, match=r"p.csv, row 2: LoRA 'nowhere'"):
+        synthesize(options(path, out), engine)
+    assert not out.exists()
+
+
+def test_random_seed_is_recorded(tmp_path, prompts_csv, engine):
+    out = tmp_path / "synthetic"
+    result = synthesize(options(prompts_csv, out, seed="-1", max_images=1), engine)
+    config = json.loads((out / "synthesize.json").read_text())
+    assert result.random_seed and result.base_seed == config["base_seed"] and config["random_seed"]
+    assert metadata(out)[0]["seed"][0] == config["base_seed"]
+    fixed = synthesize(options(prompts_csv, tmp_path / "fixed", seed=5, max_images=1), engine)
+    assert not fixed.random_seed and fixed.base_seed == 5
+
+
+def test_latin1_csv_is_a_clear_error(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("prompt,label\nÉpanchement pleural,effusion\n".encode("latin-1"))
+    with pytest.raises(SynthexError, match=r"latin1.csv: not UTF-8 text .*save the file as UTF-8"):
+        read_prompts(path)
+    jsonl = tmp_path / "latin1.jsonl"
+    jsonl.write_bytes('{"prompt": "Épanchement"}\n'.encode("latin-1"))
+    with pytest.raises(SynthexError, match="latin1.jsonl: not UTF-8 text"):
+        read_prompts(jsonl)
+    bom = tmp_path / "excel.csv"  # Excel's "CSV UTF-8" starts with a byte-order mark
+    bom.write_bytes("prompt,label\nÉpanchement,effusion\n".encode("utf-8-sig"))
+    assert list(read_prompts(bom).columns) == ["prompt", "label"]
 
 
 # ------------------------------------------------------------------------------- accelerate

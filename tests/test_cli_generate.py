@@ -15,10 +15,22 @@ from synthex.errors import OutputExistsError, SynthexError
 from synthex.generate.engine import RequestError
 from synthex.generate.infotext import read_png_parameters, read_png_text
 from synthex.models.registry import LoraError
-from tests.helpers_tiny import make_lora, tiny_model_dir, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers_tiny import make_lora, one_thread, tiny_model_dir  # noqa: F401 (autouse fixture)
 
 runner = CliRunner()
 PROMPT = "Normal. (The lungs are clear:1.5) bilaterally, no effusion. Chest x-ray."
+
+
+@pytest.fixture(autouse=True)
+def _raise_through_the_boundary(monkeypatch):
+    """The CLI prints a handled error as one line (tests/test_interop.py checks that); here the
+    original exception is re-raised so tests can match its type."""
+    from synthex.cli import boundary
+
+    def report(err):
+        raise err
+
+    monkeypatch.setattr(boundary, "report", report)
 
 
 def invoke(*args: str):
@@ -52,8 +64,9 @@ def test_output_files(tmp_path):
     assert output_files(f"{tmp_path}/new/", [5]) == [tmp_path / "new" / "synthetic_xray_5.png"]
     assert output_files(tmp_path, [9]) == [tmp_path / "synthetic_xray_9.png"]
     assert output_files(None, [1], tmp_path / "a.png") == [tmp_path / "a_regen.png"]
-    with pytest.raises(SynthexError, match="give a .png file"):
-        output_files(tmp_path / "x.jpg", [1])
+    assert output_files(tmp_path / "x.jpg", [1, 2]) == [tmp_path / "x_00.jpg", tmp_path / "x_01.jpg"]
+    with pytest.raises(SynthexError, match=r"give a .png, .jpg, .jpeg or .webp file"):
+        output_files(tmp_path / "x.tiff", [1])
 
 
 def test_register_adds_top_level_commands():
@@ -125,7 +138,8 @@ def test_from_png_with_lora(tmp_path):
     lora = make_lora(tmp_path / "opacity.safetensors", seed=3)
     gen(tmp_path / "orig.png", "--seed", "5", "--lora", f"{lora}:0.6", kind="sd")
     assert read_png_parameters(tmp_path / "orig.png").loras["opacity"][1] == 0.6
-    with pytest.raises(LoraError, match="'opacity': no such file"):
+    assert read_png_parameters(tmp_path / "orig.png").prompt == f"{PROMPT} <lora:opacity:0.6>"
+    with pytest.raises(LoraError, match="(?s)'opacity'.*no such file.*known LoRA names.*pass their files again"):
         invoke("generate", "--from", tmp_path / "orig.png", "-m", tiny_model_dir("sd"), "-q")
     invoke("generate", "--from", tmp_path / "orig.png", "--lora", f"{lora}:0.6",
            "-m", tiny_model_dir("sd"), "-q")
@@ -171,3 +185,77 @@ def test_compare_writes_figure_and_arrays(tmp_path):
     assert not np.load(tmp_path / "same.npz")["diff"].any()
     with pytest.raises(OutputExistsError):
         invoke("compare", "a", "b", "-o", tmp_path / "same.png", "-m", model, "-q")
+
+
+# ------------------------------------------------------------------------------- interoperability
+def test_from_png_finds_the_lora_by_name_in_the_lora_dir(tmp_path, monkeypatch):
+    lora = make_lora(tmp_path / "loras" / "opacity.safetensors", seed=3)
+    monkeypatch.setenv("SYNTHEX_LORA_DIR", str(lora.parent))
+    gen(tmp_path / "orig.png", "--seed", "5", "--lora", f"{lora}:0.6", kind="sd")
+    result = invoke("generate", "--from", tmp_path / "orig.png", "-m", tiny_model_dir("sd"), "-q")
+    assert ": yes" in result.output
+    # an A1111-style prompt tag alone loads it too, with the tag's weight
+    invoke("generate", f"{PROMPT} <lora:opacity:0.6>", "-o", tmp_path / "tag.png", "--seed", "5",
+           "--steps", "2", "-m", tiny_model_dir("sd"), "-q")
+    assert np.array_equal(pixels(tmp_path / "orig.png"), pixels(tmp_path / "tag.png"))
+
+
+def test_jpeg_and_webp_output_hold_the_parameters(tmp_path):
+    gen(tmp_path / "x.jpg", "--seed", "8")
+    with Image.open(tmp_path / "x.jpg") as image:
+        assert image.format == "JPEG"
+    assert "Seed: 8" in invoke("info", tmp_path / "x.jpg").output
+    gen(tmp_path / "w.webp", "--seed", "9", "--n", "2")
+    with Image.open(tmp_path / "w_01.webp") as image:
+        assert image.format == "WEBP"
+    invoke("generate", "--from", tmp_path / "w_01.webp", "-o", tmp_path / "again.png",
+           "-m", tiny_model_dir("sd-l"), "-q")
+    assert read_png_parameters(tmp_path / "again.png").seed == 10
+
+
+def test_clip_skip_and_schedule_type_round_trip(tmp_path):
+    gen(tmp_path / "a.png", "--seed", "2", "--sampler", "Euler", "--schedule-type", "karras",
+        "--clip-skip", "2", kind="sd")
+    params = read_png_parameters(tmp_path / "a.png")
+    assert (params.sampler, params.schedule_type, params.clip_skip) == ("Euler", "Karras", 2)
+    result = invoke("generate", "--from", tmp_path / "a.png", "-m", tiny_model_dir("sd"), "-q")
+    assert ": yes" in result.output
+    assert read_png_parameters(tmp_path / "a_regen.png") == params
+
+
+def test_negative_prompt_line_is_always_written(tmp_path):
+    gen(tmp_path / "a.png", "--seed", "1")
+    assert "\nNegative prompt:\n" in read_png_text(tmp_path / "a.png")["parameters"]
+
+
+def test_help_shows_defaults():
+    import re
+
+    text = runner.invoke(app, ["generate", "--help"], env={"COLUMNS": "250"}).output
+    for default in ("20", "7", "DPM++ 2M Karras", "1", "random", "embedded", "automatic"):
+        assert re.search(rf"default: \(?{re.escape(default)}\)?\]", text), default
+    assert "--schedule-type" in text and "--clip-skip" in text
+
+
+def test_foreign_sampler_needs_an_override(tmp_path):
+    path = tmp_path / "a1111.png"
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", f"{PROMPT}\nNegative prompt: text\nSteps: 2, Sampler: DPM++ 2S a, "
+                                "Schedule type: Karras, CFG scale: 7, Seed: 3, Size: 64x64, Model: sd-l")
+    Image.new("L", (64, 64)).save(path, pnginfo=info)
+    with pytest.raises(SynthexError, match="DPM\\+\\+ 2S a' is not supported"):
+        invoke("generate", "--from", path, "-m", tiny_model_dir("sd-l"), "-q")
+    invoke("generate", "--from", path, "--sampler", "Euler a", "-m", tiny_model_dir("sd-l"), "-q")
+    assert read_png_parameters(tmp_path / "a1111_regen.png").sampler == "Euler a"
+
+
+def test_negative_seeds_other_than_minus_one_are_refused(tmp_path):
+    with pytest.raises(RequestError, match="seed: must be a whole number from 0 .* or -1/empty for random"):
+        gen(tmp_path / "a.png", "--seed", "-2")
+    assert not (tmp_path / "a.png").exists()
+    model = tiny_model_dir("sd-l")
+    result = invoke("compare", "a", "b", "--seed", "-1", "-o", tmp_path / "fig.png", "--steps", "1",
+                    "-m", model, "-q")
+    assert "(random)" in result.output

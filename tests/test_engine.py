@@ -11,7 +11,9 @@ from synthex.generate import engine as eng
 from synthex.generate.engine import Engine, GenerationRequest, RequestError, parse_seed
 from synthex.generate.infotext import format_infotext, parse_infotext, short_hash
 from synthex.generate.samplers import SAMPLERS
-from tests.helpers_tiny import make_lora, tiny_model_dir, one_thread  # noqa: F401 (autouse fixture)
+from synthex.io import addnet_hash
+from synthex.models.registry import LoraError
+from tests.helpers_tiny import make_lora, one_thread, tiny_model_dir  # noqa: F401 (autouse fixture)
 
 PROMPT = "Chest x-ray. (Cardiomegaly:1.5). The lungs are clear."
 
@@ -135,6 +137,8 @@ def test_every_sampler_runs_two_steps(engine, sampler):
     array = pixels(result.images[0])
     assert array.shape == (64, 64, 3) and array.std() > 0
     assert result.parameters[0].sampler == sampler.replace(" Karras", "")
+    assert result.parameters[0].schedule_type == ("Karras" if sampler.endswith("Karras") else
+                                                  result.parameters[0].schedule_type)
 
 
 def test_stochastic_sampler_is_reproducible(engine):
@@ -204,7 +208,7 @@ def test_lora_scales(engine, loras):
     assert np.array_equal(pixels(zero.images[0]), base)
     one = engine.generate(request(seed=7, loras=[(first, 1.0)]))
     assert not np.array_equal(pixels(one.images[0]), base)
-    assert one.parameters[0].loras == {"first": (short_hash(first, 12), 1.0)}
+    assert one.parameters[0].loras == {"first": (addnet_hash(first)[:12], 1.0)}
     both = engine.generate(request(seed=7, loras=[(first, 1.0), (second, 0.0)]))
     assert np.array_equal(pixels(both.images[0]), pixels(one.images[0]))
     mixed = engine.generate(request(seed=7, loras=[(first, 1.0), (second, 0.7)]))
@@ -301,3 +305,102 @@ def test_embedded_architecture_through_the_registry(tmp_path, engine):
     weighted = engine.generate(GenerationRequest("Chest x-ray. (Cardiomegaly:1.5), lung opacity.",
                                                  model=str(tmp_path / "embedded"), steps=3, seed=4))
     assert not np.array_equal(pixels(weighted.images[0]), pixels(result.images[0]))
+
+
+# ------------------------------------------------------------------------------- A1111 interop
+def test_lora_hash_is_the_addnet_hash(engine, loras):
+    first, _ = loras
+    result = engine.generate(request(seed=7, loras=[(first, 0.5)]))
+    digest = result.parameters[0].loras["first"][0]
+    assert digest == addnet_hash(first)[:12] and len(digest) == 12
+    assert digest != short_hash(first, 12)  # not the whole-file SHA-256
+    text = format_infotext(result.parameters[0])
+    assert f'Lora hashes: "first: {digest}"' in text
+    assert result.parameters[0].prompt == f"{PROMPT} <lora:first:0.5>"  # A1111 writes the tag
+
+
+def test_lora_tag_in_prompt_loads_the_lora(engine, loras, tmp_path, monkeypatch):
+    first, _ = loras
+    monkeypatch.setenv("SYNTHEX_LORA_DIR", str(first.parent))
+    by_option = engine.generate(request(seed=7, loras=[(first, 0.7)]))
+    by_tag = engine.generate(request(prompt=f"{PROMPT} <lora:first:0.7>", seed=7))
+    assert np.array_equal(pixels(by_tag.images[0]), pixels(by_option.images[0]))
+    assert by_tag.parameters[0].loras == by_option.parameters[0].loras
+    assert by_tag.parameters[0].prompt == by_option.parameters[0].prompt == f"{PROMPT} <lora:first:0.7>"
+    # the tag is not text for the model: without LoRA effect (weight 0) it is the plain prompt
+    plain = engine.generate(request(seed=7))
+    zero = engine.generate(request(prompt=f"{PROMPT} <lora:first:0>", seed=7))
+    assert np.array_equal(pixels(zero.images[0]), pixels(plain.images[0]))
+    # the same LoRA as an option and a tag is applied once, with the option's scale
+    both = engine.generate(request(prompt=f"{PROMPT} <lora:first:0.2>", seed=7, loras=[(first, 0.7)]))
+    assert np.array_equal(pixels(both.images[0]), pixels(by_option.images[0]))
+    assert list(engine.loaded.loras) == ["first"]
+    assert both.parameters[0].prompt == f"{PROMPT} <lora:first:0.7>"
+
+
+def test_unknown_lora_tag_lists_the_known_ones(engine, loras, monkeypatch):
+    monkeypatch.setenv("SYNTHEX_LORA_DIR", str(loras[0].parent))
+    with pytest.raises(LoraError, match=r"LoRA 'nope' \(a <lora:...> tag of the prompt\).*known LoRA "
+                                        r"names: first, second"):
+        engine.generate(request(prompt="x <lora:nope:1>", seed=0))
+    with pytest.raises(SynthexError, match="negative prompt: <lora:...> tags work in the prompt only"):
+        engine.generate(request(negative_prompt="<lora:first:1>", seed=0))
+
+
+def test_lora_name_from_the_run_folder(engine, tmp_path):
+    lora = make_lora(tmp_path / "opacity-run" / "pytorch_lora_weights.safetensors", seed=4)
+    result = engine.generate(request(seed=1, loras=[(lora, 0.6)]))
+    assert list(result.parameters[0].loras) == ["opacity-run"]
+    assert "<lora:opacity-run:0.6>" in result.parameters[0].prompt
+
+
+def test_registered_lora_resolves_by_name(tmp_path, loras):
+    from synthex.models.registry import ModelRegistry
+
+    presets = tmp_path / "models.yaml"
+    presets.write_text(f"models:\n  tuned:\n    source: {tiny_model_dir('sd')}\n    loras:\n"
+                       f"      - {{name: findings, path: {loras[0]}, scale: 0.8}}\n")
+    engine = Engine(ModelRegistry(presets))
+    # a LoRA of another preset, named in a tag while the base model is loaded by path
+    result = engine.generate(request(prompt="x <lora:findings:0.4>", seed=0))
+    assert result.parameters[0].loras["findings"][1] == 0.4
+    assert result.parameters[0].prompt == "x <lora:findings:0.4>"
+
+
+def test_clip_skip_is_applied_and_recorded(engine):
+    one = engine.generate(request(seed=3))
+    two = engine.generate(request(seed=3, clip_skip=2))
+    assert not np.array_equal(pixels(one.images[0]), pixels(two.images[0]))
+    assert two.parameters[0].clip_skip == 2 and "Clip skip: 2" in format_infotext(two.parameters[0])
+    assert "Clip skip" not in format_infotext(one.parameters[0])
+    with pytest.raises(RequestError, match="clip_skip: must be a whole number from 1 to 12"):
+        GenerationRequest("x", clip_skip=0).validate()
+    with pytest.raises(RequestError, match="clip_skip: 5 is too deep"):
+        engine.generate(request(seed=3, clip_skip=5))
+
+
+def test_schedule_type_is_used_and_recorded(engine):
+    karras = engine.generate(request(seed=3, steps=4, sampler="Euler", schedule_type="karras"))
+    assert (karras.parameters[0].sampler, karras.parameters[0].schedule_type) == ("Euler", "Karras")
+    plain = engine.generate(request(seed=3, steps=4, sampler="Euler"))
+    assert not np.array_equal(pixels(karras.images[0]), pixels(plain.images[0]))
+    same = engine.generate(request(seed=3, steps=4, sampler="Euler Karras"))
+    assert np.array_equal(pixels(karras.images[0]), pixels(same.images[0]))
+    with pytest.raises(RequestError, match="sampler: .*has no Karras schedule"):
+        GenerationRequest("x", sampler="Euler a", schedule_type="karras").validate()
+
+
+def test_request_from_parameters_reads_a1111_fields():
+    params = parse_infotext("x <lora:first:0.5>\nNegative prompt:\nSteps: 3, Sampler: DPM++ 2S a, "
+                            "Schedule type: Karras, Seed: 1, Clip skip: 2")
+    with pytest.raises(SynthexError, match="not supported"):
+        eng.request_from_parameters(params)
+    req = eng.request_from_parameters(params, sampler="Euler a")  # an override replaces it
+    assert (req.sampler, req.clip_skip, req.loras) == ("Euler a", 2, [])
+    assert req.prompt == "x <lora:first:0.5>"  # the tag is resolved by the engine
+    bad = parse_infotext("x\nSteps: 3, Clip skip: many")
+    with pytest.raises(SynthexError, match="Clip skip 'many'"):
+        eng.request_from_parameters(bad)
+    schedule = eng.request_from_parameters(parse_infotext("x\nSteps: 3, Sampler: Euler, Seed: 1"),
+                                           schedule_type="exponential")
+    assert (schedule.sampler, schedule.schedule_type) == ("Euler", "exponential")

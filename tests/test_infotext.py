@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -11,12 +13,19 @@ from synthex import __version__
 from synthex.errors import OutputExistsError, SynthexError
 from synthex.generate.infotext import (
     DISCLAIMER,
+    MAX_TEXT_CHUNK,
     GenerationParameters,
     format_infotext,
+    lora_tags,
     parse_infotext,
+    read_image_parameters,
+    read_image_text,
     read_png_parameters,
     read_png_text,
     short_hash,
+    strip_lora_tags,
+    with_lora_tags,
+    write_image,
     write_png,
 )
 from synthex.generate.samplers import sampler_from_infotext, split_sampler_name
@@ -64,7 +73,9 @@ def test_format_matches_a1111_layout():
         f"Version: synthex-{__version__}",
     ]
     no_negative = format_infotext(_params(negative_prompt="", loras={}, cfg_scale=7.5))
-    assert "Negative prompt" not in no_negative and "CFG scale: 7.5," in no_negative
+    # always written: ComfyUI's A1111 import does nothing without the line
+    assert no_negative.split("\n")[1] == "Negative prompt:" and "CFG scale: 7.5," in no_negative
+    assert parse_infotext(no_negative).negative_prompt == ""
 
 
 @pytest.mark.parametrize(
@@ -83,7 +94,8 @@ def test_round_trip_tricky_prompts(prompt, negative):
         prompt=prompt,
         negative_prompt=negative,
         model='chest, "xl": v1',
-        extra={"Clip skip": "2", "Note": 'a, b: "c"\nd', "Denoising strength": "0.5"},
+        clip_skip=2,
+        extra={"Note": 'a, b: "c"\nd', "Denoising strength": "0.5"},
     )
     assert parse_infotext(format_infotext(params)) == _with_version(params)
 
@@ -121,9 +133,9 @@ def test_parse_realistic_a1111_text():
         "opacity_lora": ("0123456789ab", 0.8),  # scale from the <lora:...> tag
         "all_classes": ("a1b2c3d4e5f6", None),
     }
+    assert params.clip_skip == 2  # kept, not dropped
     assert params.extra == {
         "Denoising strength": "0.3",
-        "Clip skip": "2",
         "Hires upscale": "2",
         "Hires upscaler": "Latent",
         "TI hashes": "BadDream: 758aac443515, easynegative: c74b4e810b03",
@@ -189,11 +201,15 @@ def test_read_errors_are_clear(tmp_path):
         read_png_parameters(tmp_path / "missing.png")
     jpeg = tmp_path / "a.jpg"
     _image().save(jpeg, format="JPEG")
-    with pytest.raises(SynthexError, match="not a PNG"):
+    with pytest.raises(SynthexError, match="a.jpg has no 'parameters'"):
         read_png_parameters(jpeg)
+    gif = tmp_path / "a.gif"
+    _image().save(gif, format="GIF")
+    with pytest.raises(SynthexError, match="a.gif is not a PNG, JPEG or WebP image"):
+        read_png_parameters(gif)
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image at all")
-    with pytest.raises(SynthexError, match="not a readable PNG"):
+    with pytest.raises(SynthexError, match="junk.png is not a PNG, JPEG or WebP"):
         read_png_parameters(junk)
     plain = tmp_path / "plain.png"
     _image().save(plain)
@@ -210,3 +226,118 @@ def test_short_hash(tmp_path):
     assert short_hash(path, length=12) == expected[:12]
     with pytest.raises(SynthexError):
         short_hash(tmp_path / "nope.safetensors")
+
+
+# ------------------------------------------------------------------------------- hostile files
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png(*chunks: bytes, width: int = 40000, height: int = 40000) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + b"".join(chunks)
+            + _chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _chunk(b"IEND", b""))
+
+
+def test_huge_header_is_not_decoded(tmp_path):
+    """A header claiming 40000x40000 pixels (PIL: DecompressionBombError) reads fine."""
+    text = format_infotext(_params())
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png(_chunk(b"tEXt", b"parameters\x00" + text.encode("latin-1"))))
+    assert read_image_parameters(path) == parse_infotext(text)
+    assert read_png_text(path)["parameters"] == text
+
+
+def test_zip_bomb_text_chunk_is_refused_by_name(tmp_path):
+    """A zTXt 'parameters' chunk inflating to 200 MB: one SynthexError naming the file."""
+    squeeze = zlib.compressobj(9)
+    block = b"A" * (1 << 20)
+    body = b"".join(squeeze.compress(block) for _ in range(200)) + squeeze.flush()
+    path = tmp_path / "ztxt.png"
+    path.write_bytes(_png(_chunk(b"zTXt", b"parameters\x00\x00" + body),
+                          _chunk(b"tEXt", b"Software\x00x"), width=8, height=8))
+    with pytest.raises(SynthexError, match=r"ztxt.png: its 'parameters' text chunk is larger than 1 MiB"):
+        read_image_parameters(path)
+    other = tmp_path / "other.png"  # an oversized chunk under another key is skipped
+    other.write_bytes(_png(_chunk(b"zTXt", b"Comment\x00\x00" + body),
+                           _chunk(b"tEXt", b"parameters\x00a cat\nSteps: 3"), width=8, height=8))
+    assert read_image_parameters(other).steps == 3 and "Comment" not in read_image_text(other)
+
+
+def test_oversized_raw_text_chunk_is_not_read(tmp_path):
+    path = tmp_path / "big.png"
+    path.write_bytes(_png(_chunk(b"tEXt", b"parameters\x00" + b"x" * (MAX_TEXT_CHUNK + 10))))
+    with pytest.raises(SynthexError, match="big.png: its 'parameters' text chunk is larger"):
+        read_image_text(path)
+
+
+@pytest.mark.parametrize("data, words", [
+    (b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR", "truncated"),
+    (b"\x89PNG\r\n\x1a\n", "truncated"),
+    (b"\xff\xd8\xff\xe1\x00\x40Exif", "truncated"),
+])
+def test_damaged_files_give_one_error_naming_the_file(tmp_path, data, words):
+    path = tmp_path / "bad.png"
+    path.write_bytes(data)
+    with pytest.raises(SynthexError, match=words) as err:
+        read_image_text(path)
+    assert str(path) in str(err.value)
+
+
+def test_damaged_ztxt_is_a_synthex_error(tmp_path):
+    path = tmp_path / "z.png"
+    path.write_bytes(_png(_chunk(b"zTXt", b"parameters\x00\x00not zlib"), width=8, height=8))
+    with pytest.raises(SynthexError, match="z.png is not a readable image .*damaged zTXt"):
+        read_image_text(path)
+
+
+# ------------------------------------------------------------------------------- JPEG / WebP
+@pytest.mark.parametrize("suffix, fmt", [(".jpg", "JPEG"), (".jpeg", "JPEG"), (".webp", "WEBP")])
+def test_write_image_jpeg_webp_with_exif_user_comment(tmp_path, suffix, fmt):
+    params = _params(prompt="Pleuraerguss rechts, Größe: 3 cm\n肺野清晰")
+    path = write_image(_image(), tmp_path / f"x{suffix}", params)
+    with Image.open(path) as image:
+        assert image.format == fmt  # real JPEG/WebP bytes, not PNG under another name
+        comment = image.getexif().get_ifd(0x8769)[0x9286]
+    assert comment[:8] == b"UNICODE\x00"  # A1111 (piexif) layout: UTF-16BE after the code
+    assert comment[8:].decode("utf-16-be") == format_infotext(params)
+    assert read_image_parameters(path) == _with_version(params)
+    text = read_image_text(path)
+    assert text["Synthetic"] == "true" and text["Disclaimer"] == DISCLAIMER
+    with pytest.raises(OutputExistsError):
+        write_image(_image(), path, params)
+    with pytest.raises(SynthexError, match=r"x.tiff: images are written as .png, .jpg/.jpeg or .webp"):
+        write_image(_image(), tmp_path / "x.tiff", params)
+
+
+def test_a1111_style_little_endian_and_plain_comments(tmp_path):
+    from synthex.generate.infotext import _decode_user_comment
+
+    assert _decode_user_comment(b"UNICODE\x00" + "a, b".encode("utf-16-le")) == "a, b"
+    assert _decode_user_comment(b"ASCII\x00\x00\x00Steps: 3") == "Steps: 3"
+    assert _decode_user_comment(b"Steps: 3") == "Steps: 3"
+
+
+# ------------------------------------------------------------------------------- LoRA tags
+def test_lora_tags_and_round_trip():
+    prompt = "Lung opacity <lora:opacity:0.8>, frontal <LORA:all:1.5:0.5> <lora:bare>"
+    assert lora_tags(prompt) == [("opacity", 0.8), ("all", 1.5), ("bare", 1.0)]
+    assert strip_lora_tags(prompt) == "Lung opacity, frontal"
+    assert strip_lora_tags("no tags  ") == "no tags  "  # unchanged without tags
+    tagged = with_lora_tags(prompt, {"opacity": 0.5, "all": 1.5, "extra": 1.0})
+    assert tagged == "Lung opacity <lora:opacity:0.5>, frontal <lora:all:1.5> <lora:extra:1>"
+    assert strip_lora_tags(tagged) == strip_lora_tags(prompt)
+    assert with_lora_tags("a", {}) == "a"
+    with pytest.raises(SynthexError, match="weight 'strong' is not a number"):
+        lora_tags("x <lora:a:strong>")
+    with pytest.raises(SynthexError, match="hypernet networks are not supported"):
+        strip_lora_tags("x <hypernet:h:1>")
+
+
+def test_clip_skip_is_a_field():
+    params = parse_infotext("a\nNegative prompt:\nSteps: 3, Clip skip: 2, Seed: 1")
+    assert params.clip_skip == 2 and "Clip skip" not in params.extra
+    assert "Clip skip: 2" in format_infotext(params)
+    assert "Clip skip" not in format_infotext(GenerationParameters(prompt="a", clip_skip=1))
+    bad = parse_infotext("a\nSteps: 3, Clip skip: 0")
+    assert bad.clip_skip is None and bad.extra["Clip skip"] == "0"

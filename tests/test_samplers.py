@@ -1,6 +1,7 @@
 """Sampler names -> diffusers schedulers, and the infotext name round trip."""
 from __future__ import annotations
 
+import importlib.util
 import inspect
 
 import pytest
@@ -10,8 +11,10 @@ from synthex.errors import SynthexError
 from synthex.generate.samplers import (
     DEFAULT_SAMPLER,
     SAMPLERS,
+    SCHEDULE_TYPES,
     canonical_sampler_name,
     make_scheduler,
+    resolve_sampler,
     sampler_from_infotext,
     split_sampler_name,
 )
@@ -28,7 +31,19 @@ EXPECTED_CLASS = {
     "Heun": "HeunDiscreteScheduler",
     "LMS": "LMSDiscreteScheduler",
     "DDPM": "DDPMScheduler",
+    "DPM++ 2M SDE Heun": "DPMSolverMultistepScheduler",
+    "DPM++ 3M SDE": "DPMSolverMultistepScheduler",
+    "DPM2": "KDPM2DiscreteScheduler",
+    "DPM2 Karras": "KDPM2DiscreteScheduler",
+    "DPM2 a": "KDPM2AncestralDiscreteScheduler",
+    "DPM2 a Karras": "KDPM2AncestralDiscreteScheduler",
+    "PLMS": "PNDMScheduler",
+    "LCM": "LCMScheduler",
 }
+HAS_TORCHSDE = importlib.util.find_spec("torchsde") is not None
+if HAS_TORCHSDE:
+    EXPECTED_CLASS.update({"DPM++ SDE": "DPMSolverSDEScheduler",
+                           "DPM++ SDE Karras": "DPMSolverSDEScheduler"})
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +125,7 @@ def test_unknown_name_lists_valid_names(base):
 def test_infotext_round_trip(name):
     sampler, schedule = split_sampler_name(name)
     assert sampler_from_infotext(sampler, schedule) == name
+    assert canonical_sampler_name(" ".join(filter(None, (sampler, schedule)))) == name  # the app's join
 
 
 def test_infotext_fields():
@@ -122,7 +138,75 @@ def test_infotext_fields():
     assert sampler_from_infotext("DPM++ 2M", "Automatic") == "DPM++ 2M Karras"
     assert sampler_from_infotext("Euler", "Automatic") == "Euler"
     assert sampler_from_infotext("dpmpp_2m", "karras") == "DPM++ 2M Karras"
-    with pytest.raises(SynthexError, match="Karras variant"):
-        sampler_from_infotext("Euler a", "Karras")
-    with pytest.raises(SynthexError, match="Exponential"):
-        sampler_from_infotext("DPM++ 2M", "Exponential")
+    with pytest.raises(SynthexError, match="has no Karras schedule"):
+        make_scheduler(sampler_from_infotext("Euler a", "Karras"), DDPM())
+    with pytest.raises(SynthexError, match="Polyexponential.*diffusers has no equivalent"):
+        sampler_from_infotext("DPM++ 2M", "Polyexponential")
+
+
+def DDPM():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+
+
+# ------------------------------------------------------------------------------- A1111 names, schedule types
+@pytest.mark.parametrize(("name", "cls"), [
+    ("DPM2", "KDPM2DiscreteScheduler"), ("DPM2 a", "KDPM2AncestralDiscreteScheduler"),
+    ("k_dpm_2_a", "KDPM2AncestralDiscreteScheduler"), ("LCM", "LCMScheduler"),
+    ("PLMS", "PNDMScheduler"), ("DPM++ 3M SDE", "DPMSolverMultistepScheduler"),
+])
+def test_a1111_samplers_missing_before(name, cls, base):
+    assert type(make_scheduler(name, base)).__name__ == cls
+    assert canonical_sampler_name(name) in SAMPLERS
+
+
+def test_dpmpp_sde_karras_needs_torchsde(base):
+    if HAS_TORCHSDE:
+        scheduler = make_scheduler("DPM++ SDE Karras", base)
+        assert type(scheduler).__name__ == "DPMSolverSDEScheduler" and scheduler.config.use_karras_sigmas
+        return
+    assert "DPM++ SDE Karras" not in SAMPLERS
+    with pytest.raises(SynthexError, match=r"'DPM\+\+ SDE' needs the torchsde package.*pip install torchsde"):
+        make_scheduler("DPM++ SDE Karras", base)
+    with pytest.raises(SynthexError, match="pip install torchsde"):
+        sampler_from_infotext("DPM++ SDE", "Karras")
+
+
+def test_dpmpp_2s_a_is_refused_with_a_reason(base):
+    with pytest.raises(SynthexError, match=r"'DPM\+\+ 2S a' is not supported: diffusers has no ancestral"):
+        make_scheduler("DPM++ 2S a Karras", base)
+    assert not any(name.startswith("DPM++ 2S") for name in SAMPLERS)
+
+
+@pytest.mark.parametrize(("schedule", "flag"), [
+    ("karras", "use_karras_sigmas"), ("Exponential", "use_exponential_sigmas"),
+    ("beta", "use_beta_sigmas"),
+])
+def test_schedule_type_option(schedule, flag, base):
+    scheduler = make_scheduler("Euler", base, schedule)
+    assert scheduler.config[flag] is True
+    others = {"use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"} - {flag}
+    assert not any(scheduler.config[f] for f in others)
+    scheduler.set_timesteps(8)
+    label = {"karras": "Karras", "Exponential": "Exponential", "beta": "Beta"}[schedule]
+    assert split_sampler_name("Euler", schedule) == ("Euler", label)
+    assert sampler_from_infotext("Euler", label) == f"Euler {label}"
+    assert make_scheduler(f"Euler {label}", base).config[flag] is True  # old-style name
+
+
+def test_schedule_type_details(base):
+    assert "automatic" in SCHEDULE_TYPES and "sgm_uniform" in SCHEDULE_TYPES
+    assert make_scheduler("Euler", base, "sgm_uniform").config.timestep_spacing == "trailing"
+    assert resolve_sampler("DPM++ 2M", "automatic")[1] == "karras"  # A1111's default for it
+    assert resolve_sampler("Euler", "automatic")[1] == "uniform"
+    assert resolve_sampler("DPM++ 2M Karras", "automatic")[1] == "karras"
+    assert resolve_sampler("DPM++ 2M", None)[1] == "uniform"
+    # plain DPM++ 2M says "Uniform" so A1111 does not read "Automatic" (= Karras) into it
+    assert split_sampler_name("DPM++ 2M") == ("DPM++ 2M", "Uniform")
+    assert sampler_from_infotext("DPM++ 2M", "Uniform") == "DPM++ 2M"
+    assert sampler_from_infotext("DPM++ 2M SDE", "Exponential") == "DPM++ 2M SDE Exponential"
+    with pytest.raises(SynthexError, match="already names the schedule Karras"):
+        resolve_sampler("DPM++ 2M Karras", "exponential")
+    with pytest.raises(SynthexError, match="'fancy' is not a schedule type; use one of: automatic"):
+        resolve_sampler("Euler", "fancy")

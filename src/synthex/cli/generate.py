@@ -22,7 +22,13 @@ app = typer.Typer(cls=BoundaryGroup, help="Generate synthetic chest X-rays (rese
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
 MODEL_HELP = "Model preset (see 'synthex info --models'), diffusers folder or hub id."
-LORA_HELP = "LoRA file or a preset LoRA name, with optional strength: PATH[:SCALE]. Repeatable."
+LORA_HELP = ("LoRA file, a preset LoRA name or a file name in $SYNTHEX_LORA_DIR, with optional "
+             "strength: PATH[:SCALE]. Repeatable. <lora:name:0.8> in the prompt works too.")
+SAMPLER_HELP = ("DPM++ 2M (SDE) (Karras), DPM++ 2M SDE Heun, DPM++ 3M SDE, DPM++ SDE (needs torchsde), "
+                "DPM2, DPM2 a, Euler, Euler a, Heun, LMS, DDIM, PLMS, UniPC, LCM, DDPM.")
+SCHEDULE_HELP = ("Noise schedule: automatic (A1111's default for the sampler), uniform, karras, "
+                 "exponential, beta, sgm_uniform.")
+CLIP_SKIP_HELP = "A1111's Clip skip: 1 = the usual text-encoder layer, 2 = one layer earlier, ..."
 DEFAULT_NAME = "synthetic_xray_{seed}.png"
 
 
@@ -77,9 +83,12 @@ def _progress(total_hint: int, quiet: bool) -> tuple[Any, Any]:
 
 def output_files(out: str | os.PathLike[str] | None, seeds: list[int],
                  source: Path | None = None) -> list[Path]:
-    """Where ``generate`` writes: ``-o OUT.png`` (OUT_00.png... for several images), ``-o DIR/``
-    or an existing folder (DIR/synthetic_xray_SEED.png), else the current folder;
-    ``--from IMG.png`` alone writes IMG_regen.png."""
+    """Where ``generate`` writes: ``-o OUT.png`` (OUT_00.png... for several images; ``.jpg``,
+    ``.jpeg`` and ``.webp`` too, with the parameters in EXIF), ``-o DIR/`` or an existing folder
+    (DIR/synthetic_xray_SEED.png), else the current folder; ``--from IMG.png`` alone writes
+    IMG_regen.png."""
+    from synthex.generate.infotext import IMAGE_SUFFIXES
+
     if out is None and source is not None and len(seeds) == 1:
         return [source.with_name(f"{source.stem}_regen.png")]
     raw = "" if out is None else str(out)
@@ -87,12 +96,13 @@ def output_files(out: str | os.PathLike[str] | None, seeds: list[int],
         folder = Path(raw) if raw else Path.cwd()
         return [folder / DEFAULT_NAME.format(seed=seed) for seed in seeds]
     path = Path(raw)
-    if path.suffix.lower() != ".png":
-        raise SynthexError(f"-o {raw}: give a .png file or a folder ending in '/'")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise SynthexError(f"-o {raw}: give a .png, .jpg, .jpeg or .webp file, or a folder ending "
+                           "in '/'")
     if len(seeds) == 1:
         return [path]
     width = max(2, len(str(len(seeds) - 1)))
-    return [path.with_name(f"{path.stem}_{k:0{width}d}.png") for k in range(len(seeds))]
+    return [path.with_name(f"{path.stem}_{k:0{width}d}{path.suffix}") for k in range(len(seeds))]
 
 
 def _refuse_existing(paths: list[Path], overwrite: bool) -> None:
@@ -111,10 +121,10 @@ def _loras(values: list[str] | None) -> list[tuple[str, float]] | None:
 # --------------------------------------------------------------------------------------------
 def _build_request(prompt: str | None, source: Path | None, fields: dict[str, Any]) -> Any:
     from synthex.generate.engine import GenerationRequest, request_from_parameters
-    from synthex.generate.infotext import read_png_parameters
+    from synthex.generate.infotext import read_image_parameters
 
     if source is not None:
-        params = read_png_parameters(source)
+        params = read_image_parameters(source)
         if prompt:
             fields["prompt"] = prompt
         return request_from_parameters(params, **fields), params
@@ -124,16 +134,38 @@ def _build_request(prompt: str | None, source: Path | None, fields: dict[str, An
     return GenerationRequest(prompt=prompt, **defaults), None
 
 
-def _report_source(source: Path, params: Any, engine: Any, image: Any) -> None:
+def _warn(text: str) -> None:
+    typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
+
+
+def _same_pixels(source: Path, image: Any) -> bool:
+    """Compare without decoding a source whose header claims another size (or a huge one)."""
+    import warnings
+
     import numpy as np
     from PIL import Image
 
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(source) as original:
+                if original.size != image.size or original.mode != image.mode:
+                    return False
+                return bool(np.array_equal(np.asarray(original), np.asarray(image)))
+    except Exception:  # a damaged or hostile source: it cannot be the same image
+        return False
+
+
+def _report_source(source: Path, params: Any, result_params: Any, engine: Any, image: Any) -> None:
     if params.model_hash and engine.loaded.model_hash and params.model_hash != engine.loaded.model_hash:
-        typer.secho(f"warning: {source} was made with model hash {params.model_hash}; this model's "
-                    f"hash is {engine.loaded.model_hash}, so the image will differ", err=True,
-                    fg=typer.colors.YELLOW)
-    with Image.open(source) as original:
-        same = original.mode == image.mode and np.array_equal(np.asarray(original), np.asarray(image))
+        _warn(f"{source} was made with model hash {params.model_hash}; this model's hash is "
+              f"{engine.loaded.model_hash}, so the image will differ")
+    for name, (digest, _) in params.loras.items():
+        now = result_params.loras.get(name, (None, None))[0]
+        if digest and now and digest != now:
+            _warn(f"{source} was made with LoRA {name} of hash {digest}; the LoRA loaded now has "
+                  f"hash {now}, so the image will differ")
+    same = _same_pixels(source, image)
     typer.echo(f"pixel-identical to {source}: {'yes' if same else 'no'}")
 
 
@@ -142,7 +174,7 @@ def _load(engine: Any, request: Any, source: Path | None) -> None:
     from synthex.models.registry import LoraError, ModelNotFoundError
 
     try:
-        engine.load(request.model, request.loras, request.device, request.dtype)
+        engine.load_for(request)
     except ModelNotFoundError as exc:
         if source is None:
             raise
@@ -151,8 +183,11 @@ def _load(engine: Any, request: Any, source: Path | None) -> None:
     except LoraError as exc:
         if source is None:
             raise
-        raise LoraError(f"{exc}\n{source} names LoRA(s) {[name for name, _ in request.loras]}; "
-                        "pass their files again with --lora PATH:SCALE") from exc
+        from synthex.generate.infotext import lora_tags
+
+        names = [str(name) for name, _ in request.loras] + [n for n, _ in lora_tags(request.prompt)]
+        raise LoraError(f"{exc}\n{source} names LoRA(s) {names}; pass their files again with "
+                        "--lora PATH:SCALE") from exc
 
 
 LANG_HELP = ("Prompt language: auto (Cyrillic Russian/Ukrainian is mapped to English through the "
@@ -198,37 +233,45 @@ def translate_command(
 @app.command("generate")
 def generate_command(
     prompt: str = typer.Argument(None, help="Clinical description; A1111 weighting like (clear:1.5) works."),
-    out: str = typer.Option(None, "--out", "-o", help="OUT.png (OUT_00.png... when --n > 1) or DIR/."),
-    n: int = typer.Option(None, "--n", "-n", help="Number of images (seeds SEED, SEED+1, ...). [default: 1]"),
-    seed: str = typer.Option(None, "--seed", "-s", help="Seed; -1 or empty = random (reported)."),
-    steps: int = typer.Option(None, "--steps", help="Denoising steps, 1-150. [default: 20]"),
-    guidance: float = typer.Option(None, "--guidance", "--cfg", help="CFG scale (1 = off). [default: 7]"),
-    sampler: str = typer.Option(None, "--sampler", help="e.g. 'DPM++ 2M Karras' (default), Euler a, DDIM, UniPC."),
-    negative: str = typer.Option(None, "--negative", "--negative-prompt", help="Negative prompt."),
-    width: int = typer.Option(None, "--width", help="Multiple of 8; default: the model's native size."),
-    height: int = typer.Option(None, "--height", help="Multiple of 8; default: the model's native size."),
-    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    lora: list[str] = typer.Option(None, "--lora", help=LORA_HELP),
-    source: Path = typer.Option(None, "--from", help="Re-generate from this PNG's parameters."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Images per forward pass (GPU speed). [default: 1]"),
-    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: automatic)."),
-    dtype: str = typer.Option(None, "--dtype", help="float32, float16, bfloat16 (default: automatic)."),
+    out: str = typer.Option(None, "--out", "-o", show_default="current folder",
+                            help="OUT.png, OUT.jpg or OUT.webp (OUT_00.png... when --n > 1) or DIR/."),
+    n: int = typer.Option(None, "--n", "-n", show_default="1", help="Number of images (seeds SEED, SEED+1, ...)."),
+    seed: str = typer.Option(None, "--seed", "-s", show_default="random",
+                             help="Seed 0..2^63-1; -1 or empty = random (printed and stored)."),
+    steps: int = typer.Option(None, "--steps", show_default="20", help="Denoising steps, 1-150."),
+    guidance: float = typer.Option(None, "--guidance", "--cfg", show_default="7", help="CFG scale (1 = off)."),
+    sampler: str = typer.Option(None, "--sampler", show_default="DPM++ 2M Karras", help=SAMPLER_HELP),
+    schedule_type: str = typer.Option(None, "--schedule-type", show_default="the sampler name's, else uniform",
+                                      help=SCHEDULE_HELP),
+    clip_skip: int = typer.Option(None, "--clip-skip", show_default="1", help=CLIP_SKIP_HELP),
+    negative: str = typer.Option(None, "--negative", "--negative-prompt", show_default="empty", help="Negative prompt."),
+    width: int = typer.Option(None, "--width", show_default="the model's native size", help="Multiple of 8."),
+    height: int = typer.Option(None, "--height", show_default="the model's native size", help="Multiple of 8."),
+    model: str = typer.Option(None, "--model", "-m", show_default="embedded", help=MODEL_HELP),
+    lora: list[str] = typer.Option(None, "--lora", show_default="none", help=LORA_HELP),
+    source: Path = typer.Option(None, "--from", help="Re-generate from this image's parameters (PNG, JPEG, WebP)."),
+    batch_size: int = typer.Option(None, "--batch-size", show_default="1", help="Images per forward pass (GPU speed)."),
+    device: str = typer.Option(None, "--device", show_default="automatic", help="cpu, cuda, cuda:1, mps."),
+    dtype: str = typer.Option(None, "--dtype", show_default="automatic", help="float32, float16, bfloat16."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
     allow_download: bool = typer.Option(False, "--allow-download", help="Allow downloading hub models."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     lang: str = typer.Option("auto", "--lang", help=LANG_HELP),
 ) -> None:
-    """Generate one or a few images and save them as PNGs with A1111 parameters."""
+    """Generate one or a few images and save them (PNG, JPEG or WebP) with A1111 parameters."""
     from synthex.generate.engine import resolve_seeds
-    from synthex.generate.infotext import write_png
+    from synthex.generate.infotext import write_image
 
     fields = {"n": n, "seed": seed, "steps": steps, "guidance": guidance, "sampler": sampler,
+              "schedule_type": schedule_type, "clip_skip": clip_skip,
               "negative_prompt": negative, "width": width, "height": height, "model": model,
               "loras": _loras(lora), "batch_size": batch_size, "device": device, "dtype": dtype,
               "lang": lang}
     request, params = _build_request(prompt, source, fields)
     request.validate()
-    show_mapping(request.prompt, request.lang)
+    from synthex.generate.infotext import strip_lora_tags
+
+    show_mapping(strip_lora_tags(request.prompt), request.lang)
     seeds, drawn = resolve_seeds(request.seed, request.n)
     request.seed = seeds[0]
     paths = output_files(out, seeds, source)
@@ -241,12 +284,12 @@ def generate_command(
     finally:
         bar.close()
     for image, image_params, path in zip(result.images, result.parameters, paths):
-        write_png(image, path, image_params, overwrite=overwrite)
+        write_image(image, path, image_params, overwrite=overwrite)
         typer.echo(f"{path}  seed {image_params.seed}{' (random)' if drawn else ''}")
     typer.echo(f"{len(paths)} image(s) in {result.timings['total']:.1f} s "
                f"(model {engine.loaded.spec.name}, {request.steps} steps)")
     if source is not None and len(paths) == 1:
-        _report_source(source, params, engine, result.images[0])
+        _report_source(source, params, result.parameters[0], engine, result.images[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,21 +313,25 @@ def _print_models() -> None:
 
 @app.command("info")
 def info_command(
-    image: Path = typer.Argument(None, help="A PNG written by SynTheX-Ray or AUTOMATIC1111."),
+    image: Path = typer.Argument(None, help="A PNG/JPEG/WebP written by SynTheX-Ray or AUTOMATIC1111."),
     as_json: bool = typer.Option(False, "--json", help="Print the parsed parameters as JSON."),
     models: bool = typer.Option(False, "--models", help="List model presets and whether their files are here."),
 ) -> None:
     """Print the generation parameters stored in a PNG (or list the model presets)."""
     from dataclasses import asdict
 
-    from synthex.generate.infotext import PARAMETERS_KEY, parse_infotext, read_png_text
+    from synthex.generate.infotext import (
+        PARAMETERS_KEY,
+        parse_infotext,
+        read_image_text,
+    )
 
     if models:
         _print_models()
         return
     if image is None:
         raise SynthexError("give an IMAGE.png (or --models)")
-    chunks = read_png_text(image)
+    chunks = read_image_text(image)
     text = chunks.get(PARAMETERS_KEY)
     if text is None:
         raise SynthexError(f"{image} has no '{PARAMETERS_KEY}' text chunk: it was not written by "
@@ -315,11 +362,15 @@ def synthesize_command(
     lora: list[str] = typer.Option(None, "--lora", help=LORA_HELP),
     steps: int = typer.Option(20, "--steps"),
     guidance: float = typer.Option(7.0, "--guidance", "--cfg"),
-    sampler: str = typer.Option("DPM++ 2M Karras", "--sampler"),
+    sampler: str = typer.Option("DPM++ 2M Karras", "--sampler", help=SAMPLER_HELP),
+    schedule_type: str = typer.Option(None, "--schedule-type", show_default="the sampler name's, else uniform",
+                                      help=SCHEDULE_HELP),
+    clip_skip: int = typer.Option(1, "--clip-skip", help=CLIP_SKIP_HELP),
     negative: str = typer.Option("", "--negative", help="Negative prompt for rows without one."),
-    width: int = typer.Option(None, "--width"),
-    height: int = typer.Option(None, "--height"),
-    seed: str = typer.Option("0", "--seed", help="Base seed: image j gets seed+j (-1: random, kept on resume)."),
+    width: int = typer.Option(None, "--width", show_default="the model's native size"),
+    height: int = typer.Option(None, "--height", show_default="the model's native size"),
+    seed: str = typer.Option("0", "--seed", help="Base seed: image j gets seed+j (-1: random, stored in "
+                             "synthesize.json and kept on resume)."),
     max_images: int = typer.Option(None, "--max-images", help="Stop after this many new images per process."),
     device: str = typer.Option(None, "--device"),
     dtype: str = typer.Option(None, "--dtype"),
@@ -333,7 +384,8 @@ def synthesize_command(
     options = SynthesizeOptions(
         prompts_file=prompts, out=out, per_prompt=per_prompt, counts_column=counts_column,
         per_class=per_class, class_column=class_column, model=model, loras=_loras(lora) or [],
-        steps=steps, guidance=guidance, sampler=sampler, negative_prompt=negative, width=width,
+        steps=steps, guidance=guidance, sampler=sampler, schedule_type=schedule_type,
+        clip_skip=clip_skip, negative_prompt=negative, width=width,
         height=height, seed=seed, device=device, dtype=dtype, max_images=max_images,
         overwrite=overwrite, progress=not quiet)
     result = synthesize(options, _engine(allow_download))
@@ -342,7 +394,8 @@ def synthesize_command(
     state = "complete" if result.complete else "incomplete: run the same command again to resume"
     who = "now" if result.processes == 1 else f"now by process 0 of {result.processes}"
     typer.echo(f"{result.done} of {result.total} images in {result.out} ({result.generated} made "
-               f"{who}; {state})\nmetadata: {result.metadata_csv}, {result.metadata_jsonl}")
+               f"{who}; {state})\nbase seed {result.base_seed}{' (random)' if result.random_seed else ''}"
+               f"\nmetadata: {result.metadata_csv}, {result.metadata_jsonl}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,25 +409,30 @@ def compare_command(
     seed: str = typer.Option(None, "--seed", "-s", help="Shared seed; -1 or empty = random (reported)."),
     steps: int = typer.Option(20, "--steps"),
     guidance: float = typer.Option(7.0, "--guidance", "--cfg"),
-    sampler: str = typer.Option("DPM++ 2M Karras", "--sampler"),
+    sampler: str = typer.Option("DPM++ 2M Karras", "--sampler", help=SAMPLER_HELP),
+    schedule_type: str = typer.Option(None, "--schedule-type", show_default="the sampler name's, else uniform",
+                                      help=SCHEDULE_HELP),
+    clip_skip: int = typer.Option(1, "--clip-skip", help=CLIP_SKIP_HELP),
     negative: str = typer.Option("", "--negative"),
-    width: int = typer.Option(None, "--width"),
-    height: int = typer.Option(None, "--height"),
+    width: int = typer.Option(None, "--width", show_default="the model's native size"),
+    height: int = typer.Option(None, "--height", show_default="the model's native size"),
     model: str = typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
     lora: list[str] = typer.Option(None, "--lora", help=LORA_HELP),
-    device: str = typer.Option(None, "--device"),
-    dtype: str = typer.Option(None, "--dtype"),
+    device: str = typer.Option(None, "--device", show_default="automatic"),
+    dtype: str = typer.Option(None, "--dtype", show_default="automatic"),
     overwrite: bool = typer.Option(False, "--overwrite"),
     allow_download: bool = typer.Option(False, "--allow-download"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Both prompts at the same seed plus their |A-B| heat map (thesis Fig. 4.4)."""
     from synthex.generate.compare import compare_prompts
-    from synthex.generate.engine import GenerationRequest
+    from synthex.generate.engine import GenerationRequest, parse_seed
 
     base = GenerationRequest(prompt_a, negative_prompt=negative, steps=steps, guidance=guidance,
-                             sampler=sampler, width=width, height=height, model=model,
+                             sampler=sampler, schedule_type=schedule_type, clip_skip=clip_skip,
+                             width=width, height=height, model=model,
                              loras=_loras(lora) or [], device=device, dtype=dtype)
+    drawn = parse_seed(seed) is None
     bar, callback = _progress(2 * steps, quiet)
     try:
         result = compare_prompts(prompt_a, prompt_b, out, base=base, seed=seed,
@@ -382,7 +440,8 @@ def compare_command(
     finally:
         bar.close()
     typer.echo(f"{result.figure}\n{result.arrays}\n{result.images[0]}\n{result.images[1]}")
-    typer.echo(f"seed {result.seed}; mean |A-B| {result.diff.mean():.4f}, max {result.diff.max():.4f}")
+    typer.echo(f"seed {result.seed}{' (random)' if drawn else ''}; mean |A-B| {result.diff.mean():.4f}, "
+               f"max {result.diff.max():.4f}")
 
 
 # --------------------------------------------------------------------------------------------

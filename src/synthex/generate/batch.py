@@ -5,6 +5,7 @@ Layout of the output folder::
     OUT/
       images/000000.png ...       one PNG per job, A1111 parameters + Synthetic=true
       metadata.csv                file_name, prompt, text, negative_prompt, seed, ..., synthetic
+                                  (a source column that clashes: file_name -> source_image, ...)
       samples.jsonl               the same rows as JSON lines (typed values)
       synthesize.json             the resolved run configuration (checked on resume)
       .synthex/records-<rank>.jsonl   per-process records, one line per finished image
@@ -19,7 +20,13 @@ after ``wait_for_everyone``.
 
 The folder loads directly with ``datasets.load_dataset("imagefolder", data_dir=OUT)`` (only
 ``metadata.csv`` is an imagefolder metadata name; the JSON-lines copy is ``samples.jsonl`` so the
-folder scan does not see two metadata formats).
+folder scan does not see two metadata formats). Label columns carried over from the prompts file
+never use a name imagefolder reads as an image column (``file_name``, ``*_file_name``,
+``file_names``, ``*_file_names``, ``image``) or one of the output columns.
+
+Everything (prompts file, counts, every job's request, the model and its LoRAs) is checked before
+anything is written to the output folder, so a refused command leaves nothing behind that would
+make the corrected command a "resume with other settings".
 """
 from __future__ import annotations
 
@@ -45,7 +52,11 @@ COUNT_COLUMN = "count"
 CONFIG_NAME = "synthesize.json"
 RECORDS_DIR = ".synthex"
 IMAGES_DIR = "images"
-_RESERVED = ("file_name", "prompt", "text", "negative_prompt", "seed", "synthetic", "job")
+OUTPUT_COLUMNS = ("file_name", "prompt", "text", "prompt_language", "negative_prompt", "seed",
+                  "steps", "cfg_scale", "sampler", "model", "model_hash", "width", "height",
+                  "synthetic", "job")
+"""Columns synthesize writes itself; a source column of the same name is renamed."""
+_IMAGE_BASE = "image"
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,6 +79,8 @@ class SynthesizeOptions:
     steps: int = 20
     guidance: float = 7.0
     sampler: str = DEFAULT_SAMPLER
+    schedule_type: str | None = None
+    clip_skip: int = 1
     negative_prompt: str = ""
     width: int | None = None
     height: int | None = None
@@ -102,6 +115,9 @@ class SynthesizeResult:
     processes: int = 1
     metadata_csv: Path | None = None
     metadata_jsonl: Path | None = None
+    base_seed: int | None = None
+    random_seed: bool = False
+    """True when the base seed was drawn at random (``seed`` -1/None); it is in synthesize.json."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,12 +132,17 @@ def read_prompts(path: str | os.PathLike[str]) -> Any:
         raise SynthexError(f"{path}: prompts file not found")
     suffix = path.suffix.lower()
     try:
-        if suffix == ".csv":
-            frame = pd.read_csv(path, dtype=object, keep_default_na=False)
+        if suffix == ".csv":  # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark
+            frame = pd.read_csv(path, dtype=object, keep_default_na=False, encoding="utf-8-sig")
         elif suffix in (".jsonl", ".ndjson"):
             frame = pd.DataFrame(_read_jsonl(path))
         else:
             raise SynthexError(f"{path}: prompts must be a .csv or .jsonl file, got {suffix or 'no suffix'}")
+    except UnicodeDecodeError as exc:
+        raise SynthexError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at offset "
+            f"{exc.start}); save the file as UTF-8 (e.g. 'CSV UTF-8' in Excel, or "
+            f"iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix})") from None
     except pd.errors.EmptyDataError:
         raise SynthexError(f"{path}: the prompts file is empty") from None
     except pd.errors.ParserError as exc:
@@ -133,7 +154,7 @@ def read_prompts(path: str | os.PathLike[str]) -> Any:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -211,14 +232,42 @@ def _class_counts(frame: Any, options: SynthesizeOptions, path: Path) -> list[in
     return counts
 
 
-def _labels(row: dict[str, Any], skip: set[str]) -> dict[str, Any]:
-    labels = {}
-    for key, value in row.items():
+def label_column(name: str) -> str:
+    """The output name of a source column: output columns and names imagefolder reads as image
+    columns get another one (``file_name`` -> ``source_image``, ``seed`` -> ``source_seed``,
+    ``xray_file_name`` -> ``xray_file``, ``image`` -> ``source_image``...)."""
+    name = str(name)
+    if name in ("file_name", _IMAGE_BASE):
+        return "source_image"
+    if name in ("file_names", f"{_IMAGE_BASE}s"):
+        return "source_images"
+    if name.endswith("_file_name"):
+        return name[: -len("_name")]
+    if name.endswith("_file_names"):
+        return name[: -len("_names")] + "s"
+    return f"source_{name}" if name in OUTPUT_COLUMNS else name
+
+
+def label_columns(columns: Sequence[Any], skip: set[str]) -> dict[str, str]:
+    """Source column -> output column for the label columns, clashes numbered (``_2``...)."""
+    out: dict[str, str] = {}
+    taken = set(OUTPUT_COLUMNS) | {str(c) for c in columns if str(c) not in skip}
+    for column in columns:
+        key = str(column)
         if key in skip:
             continue
-        name = f"source_{key}" if key in _RESERVED else str(key)
-        labels[name] = None if isinstance(value, float) and value != value else value
-    return labels
+        name = label_column(key)
+        if name != key:
+            base, k = name, 2
+            while name in taken or name in out.values():
+                name, k = f"{base}_{k}", k + 1
+        out[key] = name
+    return out
+
+
+def _labels(row: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    return {names[str(key)]: None if isinstance(value, float) and value != value else value
+            for key, value in row.items() if str(key) in names}
 
 
 def plan_jobs(frame: Any, options: SynthesizeOptions, base_seed: int) -> list[Job]:
@@ -234,13 +283,14 @@ def plan_jobs(frame: Any, options: SynthesizeOptions, base_seed: int) -> list[Jo
     if total == 0:
         raise SynthexError(f"{path}: the counts add up to 0 images")
     width = max(6, len(str(total - 1)))
+    names = label_columns(list(frame.columns), {str(c) for c in skip})
     jobs: list[Job] = []
     for row, (record, count) in enumerate(zip(frame.to_dict("records"), counts)):
         prompt = _text(record[prompt_col]).strip()
         if count and not prompt:
             raise SynthexError(f"{path}, row {row + 1}, column {prompt_col!r}: empty prompt")
         negative = _text(record[negative_col]) if negative_col else ""
-        labels = _labels(record, skip)
+        labels = _labels(record, names)
         for _ in range(count):
             j = len(jobs)
             jobs.append(Job(j, row, prompt, negative or options.negative_prompt, base_seed + j,
@@ -266,10 +316,11 @@ def run_config(options: SynthesizeOptions, base_seed: int, total: int) -> dict[s
         "per_class": options.per_class, "class_column": options.class_column,
         "model": str(options.model), "loras": [[str(p), float(s)] for p, s in options.loras],
         "steps": options.steps, "guidance": float(options.guidance),
-        "sampler": canonical_sampler_name(options.sampler),
+        "sampler": canonical_sampler_name(options.sampler, options.schedule_type),
         "negative_prompt": options.negative_prompt, "width": options.width,
         "height": options.height, "base_seed": base_seed, "total": total,
         "version": f"synthex-{__version__}",
+        **({"clip_skip": options.clip_skip} if options.clip_skip != 1 else {}),
     }
 
 
@@ -381,6 +432,7 @@ def _prepare(out: Path, options: SynthesizeOptions, frame: Any) -> None:
     seed = parse_seed(options.seed)
     base = random_seed() if seed is None else seed
     config = run_config(options, base, len(plan_jobs(frame, options, base)))
+    config["random_seed"] = seed is None  # recorded, not compared on resume
     _write_atomic(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
 
 
@@ -400,16 +452,48 @@ def _stored_config(out: Path, options: SynthesizeOptions, frame: Any) -> tuple[d
 def _request(job: Job, options: SynthesizeOptions, device: str | None) -> GenerationRequest:
     return GenerationRequest(
         prompt=job.prompt, negative_prompt=job.negative_prompt, steps=options.steps,
-        guidance=options.guidance, seed=job.seed, sampler=options.sampler, width=options.width,
+        guidance=options.guidance, seed=job.seed, sampler=options.sampler,
+        schedule_type=options.schedule_type, clip_skip=options.clip_skip, width=options.width,
         height=options.height, loras=list(options.loras), model=options.model, n=1,
         device=device, dtype=options.dtype,
     )
 
 
+def check_run(jobs: Sequence[Job], options: SynthesizeOptions, engine: Engine,
+              device: str | None = None) -> None:
+    """Every job's request validated and its LoRA tags resolved, before anything is written:
+    one RequestError/SynthexError naming the row for the first bad one."""
+    from synthex.generate.engine import RequestError
+
+    seen: set[tuple[str, str]] = set()
+    for job in jobs:
+        if (job.prompt, job.negative_prompt) in seen:
+            continue
+        seen.add((job.prompt, job.negative_prompt))
+        request = _request(job, options, device)
+        try:
+            request.validate()
+            engine.prepare(request)
+        except RequestError as exc:
+            raise RequestError([f"{Path(options.prompts_file)}, row {job.row + 1}: {p}"
+                                for p in exc.problems]) from None
+        except SynthexError as exc:
+            message = f"{Path(options.prompts_file)}, row {job.row + 1}: {exc}"
+            try:
+                error = type(exc)(message)
+            except TypeError:
+                error = SynthexError(message)
+            raise error from None
+
+
 def _record(job: Job, params: Any) -> dict[str, Any]:
+    from synthex.generate.infotext import strip_lora_tags
+
+    # the labels first: output columns win (label_columns already renamed any clash)
     return {
         # "text" is what the model read: Russian/Ukrainian prompts are mapped to English
-        "job": job.index, "file_name": job.file_name, "prompt": job.prompt, "text": params.prompt or job.prompt,
+        "job": job.index, "file_name": job.file_name, "prompt": job.prompt,
+        "text": strip_lora_tags(params.prompt) or job.prompt,
         "prompt_language": params.extra.get("Prompt language", "en"),
         "negative_prompt": job.negative_prompt, "seed": params.seed, **job.labels,
         "steps": params.steps, "cfg_scale": params.cfg_scale,
@@ -480,20 +564,27 @@ def synthesize(options: SynthesizeOptions, engine: Engine | None = None, *,
     """
     out = Path(options.out)
     frame = read_prompts(options.prompts_file)
-    plan_jobs(frame, options, 0)  # every process checks the file before anyone waits
+    seed = parse_seed(options.seed)
+    plan = plan_jobs(frame, options, 0)  # every process checks the file before anyone waits
     _check_folder(out, options)
+    engine = engine or Engine()
     state = distributed_state()
+    device = options.device or (str(state.device) if state.num_processes > 1 else None)
+    check_run(plan, options, engine, device)  # nothing is written before this passes
+    if options.overwrite or not (out / CONFIG_NAME).is_file():
+        engine.load_for(_request(plan[0], options, device))  # a missing model: refused now
     if state.is_main_process:
         _prepare(out, options, frame)
     state.wait_for_everyone()
     config, jobs = _stored_config(out, options, frame)
     logger.info("synthesize: %d images, base seed %d, process %d of %d", len(jobs),
                 config["base_seed"], state.process_index + 1, state.num_processes)
-    before, generated = _generate_mine(out, jobs, options, state, engine or Engine(), on_image,
+    before, generated = _generate_mine(out, jobs, options, state, engine, on_image,
                                        step_callback)
     state.wait_for_everyone()
     result = SynthesizeResult(out, len(jobs), before + generated, generated, False,
-                              state.num_processes)
+                              state.num_processes, base_seed=int(config["base_seed"]),
+                              random_seed=seed is None)
     if state.is_main_process:
         result.metadata_csv, result.metadata_jsonl, result.done = write_metadata(out, jobs)
         result.complete = result.done == len(jobs)

@@ -21,19 +21,32 @@ import logging
 import math
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from synthex.errors import SynthexError
 from synthex.generate.infotext import GenerationParameters
-from synthex.generate.samplers import DEFAULT_SAMPLER, get_sampler, make_scheduler, split_sampler_name
+from synthex.generate.samplers import (
+    DEFAULT_SAMPLER,
+    make_scheduler,
+    resolve_sampler,
+    scheduler_overrides,
+    split_sampler_name,
+)
 
 logger = logging.getLogger(__name__)
 
 MAX_STEPS = 150
+MAX_CLIP_SKIP = 12
+LORA_DIR_ENV = "SYNTHEX_LORA_DIR"
+DEFAULT_LORA_DIR = "~/.cache/synthex/loras"
+_GENERIC_LORA_STEMS = {"pytorch_lora_weights", "lora", "adapter_model", "model", "last",
+                       "diffusion_pytorch_model"}
 MAX_SIDE = 4096
 MAX_SEED = 2**63 - 1
 RANDOM_SEED_RANGE = 2**32
@@ -63,9 +76,15 @@ class RequestError(SynthexError, ValueError):
 # --------------------------------------------------------------------------------------------
 @dataclass
 class GenerationRequest:
-    """What to generate. ``seed`` None, ``-1`` or ``""`` draws a random seed (reported back);
-    image k uses ``seed + k``. ``width``/``height`` None use the model's native size. ``loras``
-    holds ``(name_or_path, scale)``: a preset's LoRA name re-scales it, a path adds a file."""
+    """What to generate. ``seed`` None, ``-1`` or ``""`` draws a random seed (reported back and
+    stored); other negative seeds are refused. Image k uses ``seed + k``. ``width``/``height``
+    None use the model's native size. ``loras`` holds ``(name_or_path, scale)``: a preset's LoRA
+    name re-scales it, a path adds a file, a known LoRA name (a registered preset's LoRA, a file
+    in ``$SYNTHEX_LORA_DIR``) loads it. ``<lora:name:weight>`` tags in the prompt do the same
+    (A1111 syntax) and are removed from the text the model reads; a LoRA given both ways is
+    loaded once, with the scale of ``loras``. ``schedule_type`` (automatic, karras,
+    exponential, ...) overrides the schedule named by ``sampler``; ``clip_skip`` is A1111's
+    "Clip skip" (1 = the usual layer, 2 = one earlier)."""
 
     prompt: str
     negative_prompt: str = ""
@@ -73,6 +92,7 @@ class GenerationRequest:
     guidance: float = 7.0
     seed: int | str | None = None
     sampler: str = DEFAULT_SAMPLER
+    schedule_type: str | None = None
     width: int | None = None
     height: int | None = None
     loras: Sequence[tuple[str | os.PathLike[str], float]] = ()
@@ -82,6 +102,7 @@ class GenerationRequest:
     dtype: str | torch.dtype | None = None
     batch_size: int = 1
     lang: str = "auto"
+    clip_skip: int = 1
     """Language of the prompts: "auto" maps Russian/Ukrainian (Cyrillic) text to English through
     the glossary (:mod:`synthex.text.lang`) and refuses transliterated text; "en" passes the
     text unchanged; "ru"/"uk" force that glossary."""
@@ -91,7 +112,8 @@ class GenerationRequest:
         problems = [p for p in (
             _check_prompt(self.prompt), _check_negative(self.negative_prompt),
             _check_int("steps", self.steps, 1, MAX_STEPS), _check_guidance(self.guidance),
-            _check_seed(self.seed, self.n), _check_sampler(self.sampler),
+            _check_seed(self.seed, self.n), _check_sampler(self.sampler, self.schedule_type),
+            _check_int("clip_skip", self.clip_skip, 1, MAX_CLIP_SKIP),
             _check_side("width", self.width), _check_side("height", self.height),
             _check_int("n", self.n, 1, 100_000), _check_int("batch_size", self.batch_size, 1, 1024),
             _check_model(self.model), _check_device(self.device), _check_dtype(self.dtype),
@@ -210,9 +232,10 @@ def _check_seed(seed: Any, n: Any) -> str | None:
     return None
 
 
-def _check_sampler(name: Any) -> str | None:
+def _check_sampler(name: Any, schedule_type: Any = None) -> str | None:
     try:
-        get_sampler(name)
+        spec, schedule = resolve_sampler(name, schedule_type)
+        scheduler_overrides(spec.name, schedule_type=schedule)
     except SynthexError as exc:
         return f"sampler: {exc}"
     return None
@@ -312,6 +335,42 @@ def resolve_seeds(seed: int | str | None, n: int) -> tuple[list[int], bool]:
 
 
 # --------------------------------------------------------------------------------------------
+# LoRA files: names and hashes
+# --------------------------------------------------------------------------------------------
+
+
+def _is_file(entry: Any) -> bool:
+    try:
+        return Path(os.path.expanduser(str(entry))).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _lora_key(target: Any, own: set[str]) -> str:
+    text = str(target)
+    return f"preset:{text}" if text in own else str(Path(os.path.expanduser(text)).resolve())
+
+
+def lora_file_name(path: str | os.PathLike[str]) -> str:
+    """A LoRA file's name for ``<lora:name:...>`` tags and ``Lora hashes``: the file stem, or the
+    run folder's name for the generic names training writes (``pytorch_lora_weights``...)."""
+    path = Path(os.path.expanduser(str(path)))
+    stem = path.stem
+    if stem.lower() in _GENERIC_LORA_STEMS and path.parent.name:
+        stem = path.resolve().parent.name
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("_")
+    return name or "lora"
+
+
+def lora_hash(path: str | os.PathLike[str]) -> str:
+    """12 hex digits of the addnet hash (SHA-256 after the safetensors header): what A1111
+    writes in ``Lora hashes`` and civitai looks LoRAs up by. Cached by (path, size, mtime)."""
+    from synthex.models.registry import cached_short_hash
+
+    return cached_short_hash(path, 12, addnet=True)
+
+
+# --------------------------------------------------------------------------------------------
 # The engine
 # --------------------------------------------------------------------------------------------
 class Engine:
@@ -351,6 +410,121 @@ class Engine:
             raise
         return self.loaded
 
+    def load_for(self, request: GenerationRequest) -> Any:
+        """Load what ``request`` needs, its ``<lora:...>`` prompt tags included."""
+        clean = self.prepare(request)
+        return self.load(clean.model, clean.loras, clean.device, clean.dtype)
+
+    # ---------------------------------------------------------------------------- LoRA names
+    def known_loras(self, spec: Any | None = None) -> dict[str, str]:
+        """LoRA name -> what to pass in ``loras``: the model's own preset LoRAs (by name), every
+        preset's LoRAs whose file is here and the ``*.safetensors`` files in
+        ``$SYNTHEX_LORA_DIR`` (default ``~/.cache/synthex/loras``, A1111's models/Lora folder)
+        by path."""
+        known: dict[str, str] = {lora.name: lora.name for lora in getattr(spec, "loras", ())}
+        for preset in self.registry.names():
+            try:
+                loras = self.registry.resolve(preset).loras
+            except SynthexError:
+                continue
+            for lora in loras:  # only files that are here: a missing one cannot be loaded
+                if _is_file(lora.path):
+                    known.setdefault(lora.name, str(lora.path))
+        folder = Path(os.path.expanduser(os.environ.get(LORA_DIR_ENV) or DEFAULT_LORA_DIR))
+        for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+            known.setdefault(lora_file_name(path), str(path))
+        return known
+
+    def prepare(self, request: GenerationRequest) -> GenerationRequest:
+        """``request`` as the model runs it: ``<lora:name:weight>`` tags removed from the prompt
+        and added to ``loras`` (unless the same LoRA is already there, whose scale then wins),
+        LoRA names that are neither the model's nor files resolved through :meth:`known_loras`.
+        Unknown names raise :class:`~synthex.models.registry.LoraError` listing the known ones."""
+        from dataclasses import replace
+
+        from synthex.generate.infotext import lora_tags, strip_lora_tags
+
+        if lora_tags(request.negative_prompt or ""):
+            raise SynthexError("negative prompt: <lora:...> tags work in the prompt only (as in "
+                               "A1111); move them to the prompt or use --lora")
+        tags = lora_tags(request.prompt)
+        prompt = strip_lora_tags(request.prompt)
+        plain = all(str(entry) in self._spec_lora_names(request) or _is_file(entry)
+                    for entry, _ in request.loras)
+        if not tags and plain:
+            return request if prompt == request.prompt else replace(request, prompt=prompt)
+        spec = self.registry.resolve(request.model)
+        own = {lora.name for lora in spec.loras}
+        known: dict[str, str] | None = None
+        entries: list[tuple[str | os.PathLike[str], float]] = []
+        keys: set[str] = set()
+        names: set[str] = set()
+
+        def resolve(name: str, what: str) -> str:
+            nonlocal known
+            if name in own or _is_file(name):
+                return name
+            known = self.known_loras(spec) if known is None else known
+            if name in known:
+                return known[name]
+            from synthex.models.registry import LoraError
+
+            listing = ", ".join(known) or "none"
+            raise LoraError(
+                f"LoRA {name!r} ({what}): no such file, and not a LoRA of model {spec.name!r}, of a "
+                f"preset, or in ${LORA_DIR_ENV}; known LoRA names: {listing}. Pass the file with "
+                "--lora PATH:SCALE, or copy it into that folder")
+
+        for entry, scale in request.loras:
+            target = resolve(str(entry), "from the LoRA list") if not isinstance(entry, os.PathLike) else entry
+            key = _lora_key(target, own)
+            if key in keys:
+                continue
+            keys.add(key)
+            names.update({str(entry), str(target) if str(target) in own else lora_file_name(target)})
+            entries.append((target, scale))
+        for name, scale in tags:
+            if name in names:
+                logger.info("<lora:%s:...> in the prompt: the LoRA list gives it already", name)
+                continue
+            target = resolve(name, "a <lora:...> tag of the prompt")
+            key = _lora_key(target, own)
+            if key in keys:
+                continue
+            keys.add(key)
+            names.add(name)
+            entries.append((target, scale))
+        return replace(request, prompt=prompt, loras=entries)
+
+    def _spec_lora_names(self, request: GenerationRequest) -> set[str]:
+        try:
+            return {lora.name for lora in self.registry.resolve(request.model).loras}
+        except SynthexError:
+            return set()
+
+    def lora_names(self, loaded: Any) -> dict[str, str]:
+        """Adapter name -> the LoRA's name in the infotext: a preset's LoRA name (``--register``
+        name), a known name for the file (:meth:`known_loras`), else the file's run name
+        (:func:`lora_file_name`)."""
+        own = {lora.name for lora in loaded.spec.loras}
+        by_path: dict[str, str] | None = None
+        out: dict[str, str] = {}
+        for adapter, lora in loaded.loras.items():
+            if adapter in own:
+                name = adapter
+            else:
+                if by_path is None:
+                    by_path = {}
+                    for known_name, target in self.known_loras().items():
+                        if _is_file(target):
+                            by_path.setdefault(str(Path(target).resolve()), known_name)
+                name = by_path.get(str(Path(lora.path).resolve())) or lora_file_name(lora.path)
+            base, k = name, 2
+            while name in out.values():
+                name, k = f"{base}_{k}", k + 1
+            out[adapter] = name
+        return out
+
     def unload(self) -> None:
         """Free the loaded model completely (references, hooks, gc, CUDA cache)."""
         from synthex.models.registry import free_model
@@ -362,6 +536,7 @@ class Engine:
     def generate(self, request: GenerationRequest, callback: StepCallback | None = None) -> GenerationResult:
         """Run ``request``; ``callback(step, total, latents)`` is called after every step."""
         request.validate()
+        original, request = request, self.prepare(request)
         start = time.perf_counter()
         timings: dict[str, float] = {}
         loaded = self.load(request.model, request.loras, request.device, request.dtype)
@@ -372,7 +547,7 @@ class Engine:
             logger.info("random seed %d", seeds[0])
         tick = time.perf_counter()
         prompt, negative, lang_fields = localise_request(request)
-        embeds = _encode(loaded.pipe, prompt, negative)
+        embeds = _encode(loaded.pipe, prompt, negative, request.clip_skip)
         timings["encode"] = time.perf_counter() - tick
         images: list[Any] = []
         timings["denoise"] = timings["decode"] = 0.0
@@ -381,10 +556,13 @@ class Engine:
             progress = _Progress(callback, index, len(batches))
             images += self._run_batch(loaded, request, embeds, batch, (width, height), progress, timings)
         timings["total"] = time.perf_counter() - start
-        params = [self.parameters(request, loaded, seed, width, height) for seed in seeds]
+        params = [self.parameters(original, loaded, seed, width, height) for seed in seeds]
         if lang_fields:
+            from synthex.generate.infotext import with_lora_tags
+
             for p in params:
-                p.prompt, p.negative_prompt = prompt, negative
+                p.prompt = with_lora_tags(prompt, {n: s for n, (_, s) in p.loras.items()})
+                p.negative_prompt = negative
                 p.extra.update(lang_fields)
         return GenerationResult(images, seeds, params, timings, drawn)
 
@@ -416,15 +594,21 @@ class Engine:
 
     def parameters(self, request: GenerationRequest, loaded: Any, seed: int, width: int,
                    height: int) -> GenerationParameters:
-        """The PNG parameters of one image of ``request``."""
-        sampler, schedule = split_sampler_name(request.sampler)
-        loras = {name: (loaded.lora_hashes.get(name), float(spec.scale))
-                 for name, spec in loaded.loras.items()}
+        """The PNG parameters of one image of ``request``: the prompt with a ``<lora:name:scale>``
+        tag per LoRA and ``Lora hashes`` of 12 addnet digits, as A1111 writes them."""
+        from synthex.generate.infotext import with_lora_tags
+
+        sampler, schedule = split_sampler_name(request.sampler, request.schedule_type)
+        names = self.lora_names(loaded)
+        loras = {names[adapter]: (lora_hash(spec.path), float(spec.scale))
+                 for adapter, spec in loaded.loras.items()}
         return GenerationParameters(
-            prompt=request.prompt, negative_prompt=request.negative_prompt or "",
+            prompt=with_lora_tags(request.prompt, {n: s for n, (_, s) in loras.items()}),
+            negative_prompt=request.negative_prompt or "",
             steps=request.steps, sampler=sampler, schedule_type=schedule,
             cfg_scale=float(request.guidance), seed=seed, width=width, height=height,
-            model=loaded.spec.name, model_hash=loaded.model_hash, loras=loras,
+            model=loaded.spec.name, model_hash=loaded.model_hash, clip_skip=request.clip_skip,
+            loras=loras,
         )
 
 
@@ -454,16 +638,23 @@ def _size(request: GenerationRequest, loaded: Any) -> tuple[int, int]:
     return width, height
 
 
-def _encode(pipe: Any, prompt: str, negative: str) -> dict[str, torch.Tensor]:
+def _encode(pipe: Any, prompt: str, negative: str, clip_skip: int = 1) -> dict[str, torch.Tensor]:
     from synthex.generate.weighting import prompt_embeds_for_pipeline
 
-    return prompt_embeds_for_pipeline(pipe, prompt, negative)
+    if clip_skip in (None, 1):
+        return prompt_embeds_for_pipeline(pipe, prompt, negative)
+    try:  # A1111's "Clip skip: 2" is diffusers' clip_skip=1
+        return prompt_embeds_for_pipeline(pipe, prompt, negative, clip_skip=clip_skip - 1)
+    except ValueError as exc:
+        raise RequestError([f"clip_skip: {clip_skip} is too deep for this model's text encoder "
+                            f"({exc}); use a smaller Clip skip (1 = off)"]) from None
 
 
 def _denoise(loaded: Any, request: GenerationRequest, embeds: dict[str, torch.Tensor],
              seeds: list[int], size: tuple[int, int], progress: _Progress) -> torch.Tensor:
     pipe = loaded.pipe
-    pipe.scheduler = make_scheduler(request.sampler, loaded.base_scheduler or pipe.scheduler)
+    pipe.scheduler = make_scheduler(request.sampler, loaded.base_scheduler or pipe.scheduler,
+                                    request.schedule_type)
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     output = pipe(
         **embeds, num_images_per_prompt=len(seeds), num_inference_steps=request.steps,
@@ -544,7 +735,9 @@ def _free_cuda() -> None:
 
 
 def _oom_error(loaded: Any, size: tuple[int, int]) -> SynthexError:
-    return SynthexError(
+    from synthex.errors import OutOfMemoryError
+
+    return OutOfMemoryError(
         f"Out of GPU memory generating {size[0]}x{size[1]} with model {loaded.spec.name!r}, even "
         "with VAE tiling and model CPU offload. Lower width/height or batch_size, close other GPU "
         "programs, or use device='cpu'.")
@@ -553,23 +746,41 @@ def _oom_error(loaded: Any, size: tuple[int, int]) -> SynthexError:
 def request_from_parameters(params: GenerationParameters, **overrides: Any) -> GenerationRequest:
     """The request that re-makes an image from its PNG parameters (``synthex generate --from``).
 
-    ``overrides`` that are not None replace the stored values (``loras`` replaces the whole
-    list). LoRAs are stored by name: a preset's LoRA resolves by name, any other must be given
-    again as a file in ``overrides["loras"]``.
+    ``overrides`` that are not None replace the stored values (``loras`` replaces the LoRAs not
+    named by ``<lora:...>`` tags of the prompt; the tags stay and are resolved by name, unless the
+    override holds the same LoRA). A stored sampler or schedule type this installation cannot
+    run is only an error when no ``sampler`` override replaces it. A ``Clip skip`` that is not a
+    whole number >= 1 is refused rather than dropped. ``Seed: -1`` (A1111's "random") draws a
+    new random seed, reported back.
     """
-    from synthex.generate.samplers import sampler_from_infotext
+    from synthex.generate.infotext import lora_tags
+    from synthex.generate.samplers import get_sampler, sampler_from_infotext
 
     if not params.prompt.strip():
         raise SynthexError("the PNG parameters hold no prompt to re-generate from")
+    if "Clip skip" in params.extra:
+        raise SynthexError(f"the PNG parameters hold Clip skip {params.extra['Clip skip']!r}, not a "
+                           "whole number >= 1; pass --clip-skip N to choose one")
+    tagged = {name for name, _ in lora_tags(params.prompt)}
     fields: dict[str, Any] = {
         "prompt": params.prompt, "negative_prompt": params.negative_prompt,
         "steps": params.steps or 20, "guidance": 7.0 if params.cfg_scale is None else params.cfg_scale,
         "seed": params.seed, "width": params.width, "height": params.height,
-        "sampler": sampler_from_infotext(params.sampler, params.schedule_type)
-        if params.sampler else DEFAULT_SAMPLER,
-        "model": params.model or "embedded",
-        "loras": [(name, 1.0 if scale is None else scale) for name, (_, scale) in params.loras.items()],
+        "model": params.model or "embedded", "clip_skip": params.clip_skip or 1,
+        "loras": [(name, 1.0 if scale is None else scale)
+                  for name, (_, scale) in params.loras.items() if name not in tagged],
     }
+    if overrides.get("sampler") is None:
+        if not params.sampler:
+            fields["sampler"] = DEFAULT_SAMPLER
+        elif overrides.get("schedule_type") is not None:  # keep the algorithm, change the schedule
+            fields["sampler"] = get_sampler(params.sampler).name
+        else:
+            fields["sampler"] = sampler_from_infotext(params.sampler, params.schedule_type)
+    if params.seed is not None and params.seed < 0 and overrides.get("seed") is None:
+        logger.warning("the parameters hold Seed %d (random): a new random seed is drawn",
+                       params.seed)
+        fields["seed"] = None
     fields.update({key: value for key, value in overrides.items() if value is not None})
     return GenerationRequest(**fields)
 
@@ -592,7 +803,8 @@ def generate(request: GenerationRequest, callback: StepCallback | None = None) -
 
 __all__ = [
     "Engine", "GenerationRequest", "GenerationResult", "RequestError", "StepCallback",
-    "decode_latents", "default_engine", "generate", "parse_seed", "random_seed",
+    "decode_latents", "default_engine", "generate", "lora_file_name", "lora_hash", "parse_seed",
+    "random_seed",
     "request_from_parameters", "resolve_device",
     "resolve_dtype", "resolve_seeds",
 ]

@@ -67,16 +67,17 @@ def _sample(keys: list[str], n: int = 6) -> list[str]:
     return [keys[round(i * step)] for i in range(n)]
 
 
-def check_loaded_weights(pipe: Any, folder: str | Path, what: str) -> None:
+def check_loaded_weights(pipe: Any, folder: str | Path, what: str, skip: tuple[str, ...] = ()) -> None:
     """Raise when a pipeline component does not hold the tensors of its file (loaded randomly
-    initialised because the library reads other key names). Checks a few tensors per component."""
+    initialised because the library reads other key names). Checks a few tensors per component;
+    ``skip`` names components that were passed in from elsewhere (a preset's separate VAE)."""
     from safetensors import safe_open
 
     folder = Path(folder)
     index = folder / "model_index.json"
     names = [k for k, v in json.loads(index.read_text(encoding="utf-8")).items()
              if not k.startswith("_") and isinstance(v, list)] if index.is_file() else []
-    for name in names:
+    for name in (n for n in names if n not in skip):
         module = getattr(pipe, name, None)
         file = _component_file(folder, name)
         if not isinstance(module, torch.nn.Module) or file is None:

@@ -530,7 +530,7 @@ class ModelRegistry:
             pipe = cls.from_pretrained(str(folder), **kwargs)
         from synthex.models.compat import check_loaded_weights
 
-        check_loaded_weights(pipe, folder, f"model {spec.name!r}")
+        check_loaded_weights(pipe, folder, f"model {spec.name!r}", skip=("vae",) if spec.vae else ())
         return pipe
 
     def _load_vae(self, spec: ModelSpec, dtype: torch.dtype) -> Any:
@@ -741,7 +741,7 @@ def _load_lora(loaded: LoadedModel, lora: LoraSpec) -> None:
         raise LoraError(
             f"LoRA {path} does not fit model {loaded.spec.name!r} ({loaded.family}): none of its "
             "tensors matched a layer of the model. Was it trained for another base model?")
-    loaded.lora_hashes[lora.name] = cached_short_hash(path, 12)
+    loaded.lora_hashes[lora.name] = cached_short_hash(path, 12, addnet=True)
     logger.info("loaded LoRA %s from %s", lora.name, path)
 
 
@@ -804,20 +804,22 @@ def _hash_cache_file() -> Path:
     return Path(root) / "hashes.json"
 
 
-def cached_short_hash(path: str | os.PathLike[str], length: int = 10) -> str:
-    """:func:`~synthex.io.short_hash` of a file, cached by (path, size, mtime)
-    in memory and, for files over 64 MiB, in ``~/.cache/synthex/hashes.json``."""
-    from synthex.io import short_hash
+def cached_short_hash(path: str | os.PathLike[str], length: int = 10, *, addnet: bool = False) -> str:
+    """:func:`~synthex.io.short_hash` of a file (or with ``addnet``, its
+    :func:`~synthex.io.addnet_hash`: what A1111 writes in ``Lora hashes``), cached by
+    (path, size, mtime) in memory and, for files over 64 MiB, in ``~/.cache/synthex/hashes.json``."""
+    from synthex.io import addnet_hash, short_hash
 
     path = Path(path).resolve()
     stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns, length)
+    kind = "addnet" if addnet else "sha256"
+    key = (str(path), stat.st_size, stat.st_mtime_ns, length, kind)
     if key in _HASHES:
         return _HASHES[key]
     big = stat.st_size > 64 << 20
-    disk_key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{length}"
+    disk_key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{length}" + ("|addnet" if addnet else "")
     disk = _read_hash_cache() if big else {}
-    value = disk.get(disk_key) or short_hash(path, length)
+    value = disk.get(disk_key) or (addnet_hash(path)[:length] if addnet else short_hash(path, length))
     _HASHES[key] = value
     if big and disk_key not in disk:
         _write_hash_cache({**disk, disk_key: value})
@@ -836,8 +838,8 @@ def _write_hash_cache(data: dict[str, str]) -> None:
     target = _hash_cache_file()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=0), encoding="utf-8")
-        os.replace(tmp, target)
+        from synthex.io import atomic_write
+
+        atomic_write(target, lambda fh: fh.write(json.dumps(data, indent=0).encode("utf-8")))
     except OSError as exc:
         logger.debug("hash cache not written: %s", exc)
