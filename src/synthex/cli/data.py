@@ -25,6 +25,10 @@ def inspect(
     from synthex.data.integrity import check_integrity
     from synthex.data.sources import load_tables
 
+    if rows < 0:
+        from synthex.errors import ConfigError
+
+        raise ConfigError(f"--rows {rows}: give 0 or more rows to print.")
     report, table = check_integrity(load_tables(source, images=images))
     typer.echo(report.to_markdown())
     with pd.option_context("display.max_columns", 8, "display.width", 140, "display.max_colwidth", 30):
@@ -52,15 +56,16 @@ def prepare(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Clean, select, caption and split a source; export images when present."""
-    from synthex.data.images import parse_shard
-    from synthex.data.pipeline import PrepareOptions
+    from synthex.data.pipeline import PrepareOptions, parse_shard_option
     from synthex.data.pipeline import prepare as run_prepare
 
     options = PrepareOptions(
         source=source, preset=preset, presets_file=_opt(presets_file), rules_file=_opt(rules_file),
         images=_opt(images), size=size, mode=mode, workers=workers,
-        shard=parse_shard(shard) if shard else None, overwrite=overwrite, progress=not quiet, card=not no_card,
+        shard=parse_shard_option(shard) if shard is not None else None, overwrite=overwrite,
+        progress=not quiet, card=not no_card,
     )
+    options.validate()  # every option checked before anything is read or written
     result = run_prepare(out, options)
     _print_summary(result)
 
@@ -74,6 +79,12 @@ def _print_summary(result) -> None:
     typer.echo(f"source: {integ.layout}: {integ.report_uids:,} reports, {integ.images_listed:,} images listed, "
                f"{integ.common_uids:,} common uids, {integ.frontal_images:,} frontal, "
                f"{integ.patients_with_several_frontal:,} patients with several frontal images")
+    dup = (integ.identical_report_rows, integ.identical_projection_rows)
+    if any(dup) or integ.rows_rejected:
+        typer.echo(f"duplicates: {dup[0]:,} identical report rows and {dup[1]:,} identical projection rows merged; "
+                   f"{integ.conflicting_report_uids:,} uids with different reports and "
+                   f"{integ.conflicting_projection_images:,} contradicting images left out "
+                   f"({integ.rows_rejected:,} rows, listed in rejects.csv)")
     typer.echo(f"cleaning: XXXX {cl.xxxx_before:,} -> {cl.xxxx_after:,} over {cl.n_texts:,} texts")
     typer.echo(result.selection.log_frame().to_string(index=False))
     splits = table["split"].value_counts().to_dict()
@@ -98,6 +109,10 @@ def mesh(
     """MeSH heading frequencies, or the qualifier tree of one heading (Diaphragm -> right -> elevated -> mild)."""
     from synthex.data import mesh as mesh_mod
     from synthex.data.sources import load_source
+    from synthex.errors import ConfigError
+
+    if top < 1:
+        raise ConfigError(f"--top {top}: give 1 or more rows.")
 
     table = load_source(source)
     if not all_projections:

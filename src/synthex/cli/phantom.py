@@ -1,6 +1,7 @@
 """``synthex phantom``: render phantom chest radiographs with known ground truth."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -8,6 +9,38 @@ import typer
 from synthex.cli.boundary import BoundaryGroup
 
 app = typer.Typer(cls=BoundaryGroup, help="Render synthetic phantom chest X-rays with exact ground truth.", no_args_is_help=True)
+
+
+def _check(flag: str, value, low=None, high=None, what: str = "") -> None:
+    """Raise a one-line ConfigError naming ``flag`` when ``value`` is outside [low, high]."""
+    from synthex.errors import ConfigError
+
+    if value is None:
+        return
+    if isinstance(value, float) and math.isnan(value):
+        raise ConfigError(f"{flag} {value}: give a number.")
+    if (low is not None and value < low) or (high is not None and value > high):
+        if low is not None and high is not None:
+            bounds = f"from {low} to {high}"
+        else:
+            bounds = f">= {low}" if low is not None else f"<= {high}"
+        raise ConfigError(f"{flag} {value}: must be {bounds}{what}.")
+
+
+def _check_size(size: int, scale: int = 1) -> None:
+    """Phantoms are rendered at ``size * scale`` pixels, within the renderer's range."""
+    from synthex.phantom.render import MAX_SIZE, MIN_SIZE
+
+    low, high = -(-MIN_SIZE // scale), MAX_SIZE // scale
+    _check("--size", size, low, high, " pixels" + (f" (rendered at {scale}x, then downsampled)" if scale > 1 else ""))
+
+
+def _check_seed(seed: int) -> None:
+    _check("--seed", seed, 0, 2**32 - 1, " (a non-negative integer; the same seed gives the same output)")
+
+
+def _check_workers(workers: int) -> None:
+    _check("--workers", workers, 1, None, " (1 renders in this process)")
 
 
 @app.command()
@@ -22,6 +55,8 @@ def render(
     """Render one phantom from a findings text."""
     from synthex.phantom.render import render_phantom, save_phantom
 
+    _check_seed(seed)
+    _check_size(size)
     result = render_phantom(findings, seed, size)
     written = save_phantom(result, out, truth_path=truth, text=findings, overwrite=overwrite)
     ctr = result.truth["measurements"]["ctr"]
@@ -38,6 +73,8 @@ def gallery(
     """Every finding next to the same patient's normal image, with |finding - normal| maps."""
     from synthex.phantom.gallery import save_gallery
 
+    _check_seed(seed)
+    _check_size(size)
     path = save_gallery(out, seed, size, overwrite=overwrite)
     typer.echo(f"wrote {path}")
 
@@ -70,6 +107,10 @@ def build(
     """Pair every real bundled report with a phantom drawn from its own MeSH labels."""
     from synthex.phantom.dataset import BuildOptions, build_dataset
 
+    _check("--n", n, 1, None, " reports")
+    _check_size(size)
+    _check_seed(seed)
+    _check_workers(workers)
     report = build_dataset(BuildOptions(str(out), n, size, seed, lateral, workers, overwrite, not quiet,
                                         str(map_file) if map_file else None))
     share = report.terms_mapped / max(report.terms_total, 1)
@@ -97,6 +138,11 @@ def caption_set(
     """Training images whose captions say exactly what was drawn (several phrasings each)."""
     from tqdm.auto import tqdm
 
+    _check("--n", n, 0, None, " random phantoms (0 with --iu DIR)")
+    _check_size(size, scale=2)
+    _check_seed(seed)
+    _check("--p-normal", p_normal, 0, 1, " (a share)")
+    _check_workers(workers)
     from synthex.phantom.caption_set import CaptionSetOptions, build_caption_set
 
     bar = tqdm(desc="rendering", unit="img")
@@ -132,6 +178,12 @@ def classifier(
     """Train the phantom finding classifier and print per-finding AUROC on held-out phantoms."""
     from synthex.errors import OutputExistsError
     from synthex.phantom.classifier import WEIGHTS_FILE, save_classifier, train_phantom_classifier
+
+    _check("--n-train", n_train, 1, None, " phantoms")
+    _check("--n-test", n_test, 1, None, " phantoms")
+    _check_size(size)
+    _check("--epochs", epochs, 1, None)
+    _check_seed(seed)
 
     if (out / WEIGHTS_FILE).exists() and not overwrite:
         raise OutputExistsError(f"{out / WEIGHTS_FILE} exists; pass --overwrite to replace it.")

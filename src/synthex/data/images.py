@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -37,7 +38,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 from tqdm.auto import tqdm
 
-from synthex.errors import ImageReadError
+from synthex.errors import ConfigError, ImageReadError
 from synthex.io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ OUTPUT_MODES = ("RGB", "L")
 DEFAULT_SIZE = 1024
 REJECTS_COLUMNS = ("source", "name", "reason")
 _TEMP_SUFFIX = ".synthex-tmp"
+_FALLBACK_PIXEL_LIMIT = 89_478_485  # PIL's default MAX_IMAGE_PIXELS, used when a library unset it
 _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
@@ -63,19 +65,56 @@ def read_image(path: str | os.PathLike[str]) -> Image.Image:
     """
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with _bomb_checked(), Image.open(path) as img:
             img.load()
             ImageOps.exif_transpose(img, in_place=True)
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure means "unreadable file"
         # OSError covers FileNotFoundError, UnidentifiedImageError and "image file is truncated";
-        # SyntaxError is raised for broken PNG chunks; malformed headers can raise others.
-        raise ImageReadError(path, f"{type(exc).__name__}: {exc}") from exc
+        # SyntaxError is raised for broken PNG chunks; malformed headers can raise others;
+        # DecompressionBombError/Warning for a header that claims too many pixels.
+        raise ImageReadError(path, _read_failure(path, exc)) from exc
     try:
         return to_8bit(img)
     except ValueError as exc:
         raise ImageReadError(path, f"unsupported image mode {img.mode!r}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _bomb_checked() -> Iterator[None]:
+    """Turn PIL's DecompressionBombWarning (more than ``Image.MAX_IMAGE_PIXELS`` pixels) into
+    an error, so an image whose header claims a huge size is rejected before it is decoded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def _read_failure(path: Path, exc: BaseException) -> str:
+    """The reason recorded for an unreadable file (one line, names what is wrong)."""
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return (f"image header claims too many pixels ({exc}); a decompression bomb or a corrupt "
+                f"header (limit {Image.MAX_IMAGE_PIXELS:,} pixels)")
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    try:
+        if path.is_file() and path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+    except OSError:
+        pass
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def read_image_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(width, height) from an image header without decoding pixels; None when the file is
+    unreadable, not an image or claims too many pixels (the export rejects it with a reason)."""
+    try:
+        with _bomb_checked(), Image.open(path) as img:
+            return img.size
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - reported later by read_image through the export
+        return None
 
 
 def to_8bit(img: Image.Image) -> Image.Image:
@@ -163,12 +202,12 @@ def _scale_high_bit(img: Image.Image) -> Image.Image:
 # ---------------------------------------------------------------------------------------------
 def _check_size(size: int) -> None:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive integer number of pixels, got {size!r}")
+        raise ConfigError(f"size must be a positive integer number of pixels, got {size!r}")
 
 
 def _check_mode(mode: str) -> None:
     if mode not in OUTPUT_MODES:
-        raise ValueError(f"mode must be one of {OUTPUT_MODES}, got {mode!r}")
+        raise ConfigError(f"mode must be one of {OUTPUT_MODES}, got {mode!r}")
 
 
 def resize_short_side(img: Image.Image, size: int) -> Image.Image:
@@ -270,23 +309,29 @@ class ExportReport:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """Parse ``"K/N"`` into ``(K, N)`` with ``0 <= K < N``; raise ``ValueError`` naming ``text``."""
+    """Parse ``"K/N"`` into ``(K, N)`` with ``0 <= K < N``; raise :class:`ConfigError` (a
+    ``ValueError``) naming ``text``."""
     hint = "expected 'K/N' with integers 0 <= K < N, e.g. '0/4' for the first of four shards"
     parts = str(text).strip().split("/")
     if len(parts) != 2:
-        raise ValueError(f"invalid shard {text!r}: {hint}")
+        raise ConfigError(f"invalid shard {text!r}: {hint}")
     try:
         index, count = (int(part.strip()) for part in parts)
     except ValueError:
-        raise ValueError(f"invalid shard {text!r}: {hint}") from None
+        raise ConfigError(f"invalid shard {text!r}: {hint}") from None
     return _check_shard((index, count), text)
 
 
 def _check_shard(shard: tuple[int, int], text: object = None) -> tuple[int, int]:
-    index, count = shard
+    try:
+        index, count = shard
+    except (TypeError, ValueError):
+        raise ConfigError(f"invalid shard {shard!r}: expected (K, N) with integers 0 <= K < N") from None
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in (index, count)):
+        raise ConfigError(f"invalid shard {shard!r}: K and N must be integers, e.g. '0/4'")
     if count < 1 or not 0 <= index < count:
         shown = text if text is not None else f"{index}/{count}"
-        raise ValueError(
+        raise ConfigError(
             f"invalid shard {shown!r}: need 0 <= K < N (got K={index}, N={count}); "
             "shards are numbered from 0"
         )
@@ -333,8 +378,29 @@ def _export_one(job: tuple[ExportTask, str, int, str]) -> tuple[str, str, str]:
         img = read_image(task.source)
     except ImageReadError as exc:
         return "rejected", task.name, getattr(exc, "reason", None) or str(exc)
+    problem = transform_problem(img.size, size)
+    if problem:
+        return "rejected", task.name, problem
     save_png_atomic(prepare_image(img, size, mode), Path(out_dir) / task.name)
     return "written", task.name, ""
+
+
+def transform_problem(image_size: tuple[int, int], size: int) -> str | None:
+    """Why an image of ``image_size`` cannot take the thesis transform to ``size``, or None.
+
+    Resizing the short side to ``size`` multiplies the long side by ``size / short``: a 1 x 60000
+    strip would become a 1024 x 61 million image. Such images (and empty ones) are rejects.
+    """
+    width, height = image_size
+    if width < 1 or height < 1:
+        return f"empty image ({width}x{height} pixels)"
+    short, long = min(width, height), max(width, height)
+    resized = size * max(size, int(long * size / short + 0.5))
+    limit = Image.MAX_IMAGE_PIXELS or _FALLBACK_PIXEL_LIMIT
+    if resized > limit:
+        return (f"aspect ratio {width}x{height} is too extreme: resizing its short side to {size} "
+                f"would make a {resized:,}-pixel image (limit {limit:,})")
+    return None
 
 
 def _check_tasks(tasks: Sequence[ExportTask]) -> None:
@@ -425,7 +491,7 @@ def _write_rejects(path: Path, rows: list[tuple[str, str, str]]) -> None:
     are none) so the file describes the latest run."""
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{_TEMP_SUFFIX}"
     with open(tmp, "x", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(REJECTS_COLUMNS)
         writer.writerows(rows)
     os.replace(tmp, path)
@@ -455,7 +521,7 @@ def export_images(
     _check_size(size)
     _check_mode(mode)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     _check_tasks(tasks)
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         logger.warning("PIL ImageFile.LOAD_TRUNCATED_IMAGES is True in this process (set by "

@@ -37,6 +37,11 @@ class IntegrityReport:
     notes: list[str] = field(default_factory=list)
     missing_examples: list[str] = field(default_factory=list)
     extra_examples: list[str] = field(default_factory=list)
+    identical_report_rows: int = 0
+    identical_projection_rows: int = 0
+    conflicting_report_uids: int = 0
+    conflicting_projection_images: int = 0
+    rows_rejected: int = 0
 
     def to_markdown(self) -> str:
         """A two-column Markdown table of the counts, then notes and examples."""
@@ -91,5 +96,7 @@ def check_integrity(tables: SourceTables) -> tuple[IntegrityReport, pd.DataFrame
         notes=notes,
         missing_examples=missing[:_MAX_LISTED],
         extra_examples=extra[:_MAX_LISTED],
+        **{k: int(v) for k, v in tables.duplicates.items()},
+        rows_rejected=len(tables.rejected),
     )
     return report, frame

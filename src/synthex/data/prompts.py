@@ -72,7 +72,8 @@ class TokenStats:
 
 def token_stats(prompts: list[str], max_length: int = CLIP_MAX_LENGTH) -> tuple[TokenStats, np.ndarray]:
     """Token statistics and per-prompt counts (including start/end tokens)."""
-    counts, exact = count_tokens(list(prompts))
+    prompts = list(prompts)
+    counts, exact = count_tokens(prompts) if prompts else ([], False)  # a tokenizer fails on no text
     arr = np.asarray(counts, dtype=int) + 2
     over = arr[arr > max_length] - max_length
     stats = TokenStats(

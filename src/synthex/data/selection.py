@@ -17,9 +17,10 @@ import pandas as pd
 import yaml
 
 from synthex.data import mesh as mesh_mod
-from synthex.errors import SynthexError
+from synthex.errors import ConfigError, SynthexError
 
 SPLITS = ("train", "val", "test")
+DEFAULT_SPLIT = (0.7, 0.1, 0.2)  # used for fractions a preset does not give
 
 
 # --------------------------------------------------------------------------- presets
@@ -36,10 +37,123 @@ def load_presets(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise SynthexError(f"{origin}: not valid YAML ({err}).") from err
+    layout = "a mapping with 'defaults:' (optional) and 'presets:' (name -> settings), as in the packaged presets.yaml"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: the file holds a {type(raw).__name__}, not {layout}.")
+    unknown = sorted(set(map(str, raw)) - {"defaults", "presets"})
+    if unknown:
+        raise ConfigError(f"{origin}: unknown top-level key(s) {unknown}; expected {layout}.")
     if not isinstance(raw.get("presets"), dict) or not raw["presets"]:
         raise SynthexError(f"{origin}: needs a 'presets:' mapping with at least one preset.")
     defaults = raw.get("defaults") or {}
-    return {name: _merge(defaults, body or {}) for name, body in raw["presets"].items()}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{origin}: 'defaults' is a {type(defaults).__name__}; it must be a mapping of preset keys.")
+    _check_preset_body(defaults, f"{origin}, defaults", partial=True)
+    presets = {}
+    for name, body in raw["presets"].items():
+        body = {} if body is None else body
+        if not isinstance(body, dict):
+            raise ConfigError(f"{origin}: preset {name!r} is a {type(body).__name__}; it must be a mapping "
+                              "of preset keys ({} for the defaults).")
+        _check_preset_body(body, f"{origin}, preset {name!r}", partial=True)
+        merged = _merge(defaults, body)
+        _check_preset_body(merged, f"{origin}, preset {name!r}", partial=False)
+        presets[str(name)] = merged
+    return presets
+
+
+PRESET_KEYS = ("projections", "drop_patients_with_several_frontal", "quality_filter", "balance_normal",
+               "subset", "trigger", "split")
+PROJECTIONS = ("Frontal", "Lateral", "Unknown")
+
+
+def _check_preset_body(body: dict, where: str, partial: bool) -> None:
+    """Check the keys and value types of a preset (``partial``: before merging with defaults,
+    where only the keys given are checked). Raises :class:`ConfigError` naming the key."""
+    def bad(key: str, want: str) -> ConfigError:
+        return ConfigError(f"{where}: {key} is {body_value(key)!r}; it must be {want}.")
+
+    def body_value(path: str) -> Any:
+        value: Any = body
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+
+    def text_list(key: str, value: Any) -> None:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: {key} is {value!r}; it must be a list of texts, e.g. [a, b].")
+
+    def whole(key: str, value: Any, low: int = 0) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{where}: {key} is {value!r}; it must be a whole number >= {low}.")
+
+    unknown = sorted(set(map(str, body)) - set(PRESET_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; preset keys are {', '.join(PRESET_KEYS)}.")
+    if "projections" in body:
+        value = body["projections"]
+        if not isinstance(value, list) or not value or any(v not in PROJECTIONS for v in value):
+            raise bad("projections", f"a non-empty list of {', '.join(PROJECTIONS)}")
+    if "drop_patients_with_several_frontal" in body and not isinstance(body["drop_patients_with_several_frontal"], bool):
+        raise bad("drop_patients_with_several_frontal", "true or false")
+    if body.get("quality_filter") is not None:
+        qf = body["quality_filter"]
+        if not isinstance(qf, dict) or set(map(str, qf)) - {"mesh_headings", "text_phrases"}:
+            raise bad("quality_filter", "a mapping with mesh_headings and text_phrases lists")
+        for key in ("mesh_headings", "text_phrases"):
+            if key in qf:
+                text_list(f"quality_filter.{key}", qf[key])
+    if body.get("balance_normal") is not None:
+        rule = body["balance_normal"]
+        if not isinstance(rule, dict) or rule.get("method", "none") not in ("drop_shortest", "keep_longest", "none"):
+            raise bad("balance_normal", "{method: drop_shortest | keep_longest | none, n: N}")
+        if "n" in rule:
+            whole("balance_normal.n", rule["n"])
+    if body.get("subset") is not None:
+        _check_subset(body["subset"], where, text_list, whole)
+    if body.get("trigger") is not None and not isinstance(body["trigger"], str):
+        raise bad("trigger", "a text (the phrase after 'Chest x-ray.') or null")
+    if "split" in body:
+        split = body["split"]
+        if not isinstance(split, dict) or set(map(str, split)) - {*SPLITS, "seed"}:
+            raise bad("split", "{train: 0.7, val: 0.1, test: 0.2, seed: 42}")
+        for key in SPLITS:
+            if key in split and (isinstance(split[key], bool) or not isinstance(split[key], (int, float))
+                                 or not 0 <= split[key] <= 1):
+                raise ConfigError(f"{where}: split.{key} is {split[key]!r}; it must be a fraction from 0 to 1.")
+        if "seed" in split:
+            whole("split.seed", split["seed"])
+    if not partial:
+        _check_split(body.get("split") or {}, where)
+
+
+def _check_subset(subset: Any, where: str, text_list, whole) -> None:
+    keys = {"include_headings_containing", "exclude_terms_containing", "max_findings", "normals"}
+    if not isinstance(subset, dict) or set(map(str, subset)) - keys:
+        raise ConfigError(f"{where}: subset is {subset!r}; it must be a mapping with keys {sorted(keys)}.")
+    for key in ("include_headings_containing", "exclude_terms_containing"):
+        if key in subset:
+            text_list(f"subset.{key}", subset[key])
+    if not subset.get("include_headings_containing"):
+        raise ConfigError(f"{where}: subset.include_headings_containing must list at least one heading word.")
+    if "max_findings" in subset:
+        whole("subset.max_findings", subset["max_findings"], 1)
+    normals = subset.get("normals")
+    if normals is None:
+        return
+    nkeys = {"n", "exclude_text_containing", "aspect_ratio"}
+    if not isinstance(normals, dict) or set(map(str, normals)) - nkeys:
+        raise ConfigError(f"{where}: subset.normals is {normals!r}; it must be a mapping with keys {sorted(nkeys)}.")
+    if "n" in normals and normals["n"] != "match":
+        whole("subset.normals.n", normals["n"])
+    if "exclude_text_containing" in normals:
+        text_list("subset.normals.exclude_text_containing", normals["exclude_text_containing"])
+    ratio = normals.get("aspect_ratio")
+    if ratio is not None and (not isinstance(ratio, list) or len(ratio) != 2
+                              or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in ratio)
+                              or not 0 <= ratio[0] <= ratio[1]):
+        raise ConfigError(f"{where}: subset.normals.aspect_ratio is {ratio!r}; it must be [low, high] with "
+                          "0 <= low <= high, e.g. [0.85, 1.15], or null.")
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -57,16 +171,14 @@ def get_preset(name: str, path: str | Path | None = None) -> dict[str, Any]:
     presets = load_presets(path)
     if name not in presets:
         raise SynthexError(f"--preset {name!r} is unknown; available: {', '.join(sorted(presets))}.")
-    preset = presets[name]
-    _check_split(preset.get("split") or {}, name)
-    return preset
+    return presets[name]
 
 
-def _check_split(split: dict, name: str) -> None:
-    fractions = [float(split.get(s, 0)) for s in SPLITS]
+def _check_split(split: dict, where: str) -> None:
+    fractions = [float(split.get(s, f)) for s, f in zip(SPLITS, DEFAULT_SPLIT)]
     if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-        raise SynthexError(
-            f"preset {name!r}: split fractions {dict(zip(SPLITS, fractions))} must be >= 0 and sum to 1."
+        raise ConfigError(
+            f"{where}: split fractions {dict(zip(SPLITS, fractions))} must be >= 0 and sum to 1."
         )
 
 
@@ -117,7 +229,7 @@ def quality_mask(frame: pd.DataFrame, rules: dict) -> tuple[pd.Series, pd.Series
     phrases = [p.casefold() for p in rules.get("text_phrases", [])]
     raw = report_text(frame, cleaned=False).str.casefold()
     by_text = raw.map(lambda t: any(p in t for p in phrases))
-    return by_mesh, by_text
+    return by_mesh.astype(bool), by_text.astype(bool)  # bool also for an empty frame
 
 
 def select(frame: pd.DataFrame, preset: dict[str, Any]) -> Selection:
@@ -194,7 +306,7 @@ def rank_normals(frame: pd.DataFrame, aspect_range: list[float] | None, seed: in
 
 def assign_splits(frame: pd.DataFrame, split: dict) -> pd.Series:
     """Patient-level split (by uid), stratified by normal/abnormal, seeded and deterministic."""
-    fractions = np.array([float(split.get(s, f)) for s, f in zip(SPLITS, (0.7, 0.1, 0.2))])
+    fractions = np.array([float(split.get(s, f)) for s, f in zip(SPLITS, DEFAULT_SPLIT)])
     rng = np.random.default_rng(int(split.get("seed", 42)))
     patients = frame.groupby("uid", sort=True)["is_normal"].first()
     assignment: dict[str, str] = {}

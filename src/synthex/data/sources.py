@@ -56,6 +56,8 @@ KAGGLE_IMAGE_DIR = Path("images") / "images_normalized"
 KAGGLE_REPORT_COLUMNS = ["uid", "MeSH", "Problems", "image", "indication", "comparison", "findings", "impression"]
 KAGGLE_PROJECTION_COLUMNS = ["uid", "filename", "projection"]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+REJECT_COLUMNS = ["uid", "image_id", "filename", "origin", "reason"]
+REPORT_FIELDS = ("mesh", "problems", *TEXT_FIELDS)
 
 _VIEW_POSITIONS = {
     "PA": "Frontal", "AP": "Frontal",
@@ -73,6 +75,12 @@ class SourceTables:
     projections: pd.DataFrame
     image_dir: Path | None
     notes: list[str] = field(default_factory=list)
+    #: where reports and projections were read from (named in duplicate messages)
+    origins: dict[str, str] = field(default_factory=dict)
+    #: rows left out because the source contradicts itself: uid, image_id, filename, origin, reason
+    rejected: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REJECT_COLUMNS))
+    #: counts of identical rows merged and conflicting uids/images left out
+    duplicates: dict[str, int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- detection
@@ -127,7 +135,9 @@ def read_kaggle(root: Path) -> SourceTables:
     projections["projection_source"] = "csv"
     image_dir = root / KAGGLE_IMAGE_DIR
     notes = [] if image_dir.is_dir() else [f"no image folder at {image_dir}: text-only run"]
-    return SourceTables("kaggle", reports, projections, image_dir if image_dir.is_dir() else None, notes)
+    origins = {"reports": str(root / KAGGLE_REPORTS), "projections": str(root / KAGGLE_PROJECTIONS)}
+    return SourceTables("kaggle", reports, projections, image_dir if image_dir.is_dir() else None, notes,
+                        origins=origins)
 
 
 def _strip_image_suffix(name: str) -> str:
@@ -232,7 +242,8 @@ def read_openi(source: Path, layout: str, dicom_metadata: Path | None) -> Source
     else:
         projections["projection"] = "Unknown"
         notes.append("no DICOM metadata: every projection is Unknown")
-    return SourceTables(layout, reports, projections, None, notes)
+    origins = {"reports": f"{source} (Open-i reports)", "projections": f"{source} (Open-i parentImage lists)"}
+    return SourceTables(layout, reports, projections, None, notes, origins=origins)
 
 
 def resolve_projections(projections: pd.DataFrame) -> pd.DataFrame:
@@ -288,7 +299,102 @@ def load_tables(
         tables.reports[column] = tables.reports[column].fillna("").astype(str)
     tables.reports["uid"] = tables.reports["uid"].str.strip()
     tables.projections["uid"] = tables.projections["uid"].astype(str).str.strip()
+    return resolve_duplicates(tables)
+
+
+def _normalised(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The columns with white space collapsed (so that only real differences count)."""
+    return frame[columns].astype(str).apply(lambda col: col.str.split().str.join(" "))
+
+
+def _describe_values(rows: pd.DataFrame, columns: list[str]) -> str:
+    differing = [c for c in columns if rows[c].nunique() > 1]
+    return ", ".join(f"{c}: " + " / ".join(repr(v[:40]) for v in rows[c].unique()) for c in differing)
+
+
+def resolve_duplicates(tables: SourceTables) -> SourceTables:
+    """Merge identical duplicate rows and leave out contradicting ones, saying so.
+
+    * a report (or projection) row repeated identically is kept once and counted;
+    * a uid listed several times with DIFFERENT reports is left out with all its images: which
+      report belongs to the images cannot be known; each image is listed in ``tables.rejected``
+      with the reason "uid U listed N times with different reports ...";
+    * an image listed several times with a different uid or projection is left out likewise.
+
+    Without this, a repeated uid or image row doubles the patient's images in the join, and the
+    "several frontal images" rule silently removes the patient.
+    """
+    origin_r = tables.origins.get("reports", "the reports")
+    origin_p = tables.origins.get("projections", "the projections")
+    reports, projections = tables.reports, tables.projections
+    rejected: list[dict] = []
+    counts = {"identical_report_rows": 0, "identical_projection_rows": 0,
+              "conflicting_report_uids": 0, "conflicting_projection_images": 0}
+
+    report_cols = ["uid", *[c for c in REPORT_FIELDS if c in reports.columns]]
+    listed = reports["uid"].value_counts()
+    keep = ~_normalised(reports, report_cols).duplicated()
+    counts["identical_report_rows"] = int((~keep).sum())
+    reports = reports[keep]
+    repeated = reports["uid"].value_counts()
+    bad_uids = set(repeated.index[repeated > 1])
+    if bad_uids:
+        counts["conflicting_report_uids"] = len(bad_uids)
+        for uid in sorted(bad_uids, key=_uid_order):
+            reason = (f"uid {uid} listed {int(listed[uid])} times in {origin_r} with different reports "
+                      f"({_describe_values(reports[reports['uid'] == uid], report_cols[1:])}); "
+                      "keep one row per uid in the source")
+            images = projections[projections["uid"] == uid]
+            if images.empty:
+                rejected.append({"uid": uid, "image_id": "", "filename": "", "origin": origin_r, "reason": reason})
+            for row in images.itertuples(index=False):
+                rejected.append({"uid": uid, "image_id": row.image_id, "filename": getattr(row, "filename", ""),
+                                 "origin": origin_r, "reason": reason})
+        reports = reports[~reports["uid"].isin(bad_uids)]
+        projections = projections[~projections["uid"].isin(bad_uids)]
+
+    proj_cols = [c for c in projections.columns if c not in ("width", "height")]
+    image_listed = projections["image_id"].value_counts()
+    keep = ~_normalised(projections, proj_cols).duplicated()
+    counts["identical_projection_rows"] = int((~keep).sum())
+    projections = projections[keep]
+    repeated = projections["image_id"].value_counts()
+    bad_images = set(repeated.index[repeated > 1])
+    if bad_images:
+        counts["conflicting_projection_images"] = len(bad_images)
+        for image_id in sorted(bad_images):
+            rows = projections[projections["image_id"] == image_id]
+            reason = (f"image {image_id} listed {int(image_listed[image_id])} times in {origin_p} with different "
+                      f"rows ({_describe_values(rows, [c for c in proj_cols if c != 'image_id'])}); "
+                      "keep one row per image in the source")
+            for row in rows.itertuples(index=False):
+                rejected.append({"uid": row.uid, "image_id": image_id, "filename": getattr(row, "filename", ""),
+                                 "origin": origin_p, "reason": reason})
+        projections = projections[~projections["image_id"].isin(bad_images)]
+
+    tables.reports = reports.reset_index(drop=True)
+    tables.projections = projections.reset_index(drop=True)
+    tables.rejected = pd.DataFrame(rejected, columns=REJECT_COLUMNS)
+    tables.duplicates = counts
+    if counts["identical_report_rows"] or counts["identical_projection_rows"]:
+        tables.notes.append(
+            f"duplicates merged: {counts['identical_report_rows']} identical report row(s) in {origin_r}, "
+            f"{counts['identical_projection_rows']} identical projection row(s) in {origin_p}")
+    if bad_uids or bad_images:
+        tables.notes.append(
+            f"left out (listed in rejects.csv): {len(bad_uids)} uid(s) listed several times with different "
+            f"reports, {len(bad_images)} image(s) listed several times with different rows "
+            f"({len(rejected)} row(s))")
+    if counts["identical_report_rows"] or counts["identical_projection_rows"] or rejected:
+        log.warning("%s", "; ".join(tables.notes[-2:]))
     return tables
+
+
+def _uid_order(uid: str) -> tuple[float, str]:
+    try:
+        return float(uid), uid
+    except ValueError:
+        return float("inf"), uid
 
 
 def _default_dicom_metadata() -> Path | None:
@@ -311,16 +417,18 @@ def index_images(image_dir: Path | None) -> dict[str, Path]:
 
 
 def _fill_sizes_from_headers(frame: pd.DataFrame) -> None:
-    """Read width/height from image headers (cheap: no pixel decoding) where unknown."""
-    from PIL import Image, UnidentifiedImageError
+    """Read width/height from image headers (cheap: no pixel decoding) where unknown.
+
+    An unreadable header (not an image, empty, truncated, a decompression bomb) leaves the size
+    unknown; it never stops the read: the image export rejects that file with its reason.
+    """
+    from synthex.data.images import read_image_size
 
     todo = frame.index[frame["image_path"].notna() & frame["width"].isna()]
     for idx in todo:
-        try:
-            with Image.open(frame.at[idx, "image_path"]) as img:
-                frame.at[idx, "width"], frame.at[idx, "height"] = img.size
-        except (OSError, UnidentifiedImageError):
-            continue  # unreadable images are reported by the integrity check and the export
+        size = read_image_size(frame.at[idx, "image_path"])
+        if size is not None:
+            frame.at[idx, "width"], frame.at[idx, "height"] = size
 
 
 def join_tables(tables: SourceTables, image_index: dict[str, Path] | None = None) -> pd.DataFrame:

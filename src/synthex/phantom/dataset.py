@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from synthex.data.mesh import MeshTerm, is_normal, parse_mesh
 from synthex.data.sources import KAGGLE_IMAGE_DIR, load_source
-from synthex.errors import OutputExistsError, SynthexError
+from synthex.errors import ConfigError, OutputExistsError, SynthexError
 from synthex.phantom.findings import REGISTRY, Finding
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,21 @@ def load_mesh_rules(path: str | Path | None = None) -> list[MeshRule]:
         raw = yaml.safe_load(text) or {}
     except (OSError, yaml.YAMLError) as err:
         raise SynthexError(f"{origin}: cannot read the MeSH map ({err}).") from err
+    if not isinstance(raw, dict) or not isinstance(raw.get("rules") or [], list):
+        raise ConfigError(f"{origin}: must be a mapping with a 'rules:' list (each: heading, finding, when, "
+                          "unless, severity), as in the packaged phantom_mesh_map.yaml.")
     rules = []
     for i, entry in enumerate(raw.get("rules") or []):
         if not isinstance(entry, dict) or entry.get("finding") not in REGISTRY or not entry.get("heading"):
             raise SynthexError(f"{origin}: rule #{i + 1} {entry!r} needs a heading and a finding among "
                                f"{', '.join(REGISTRY)}.")
+        for key in ("when", "unless"):
+            value = entry.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
+                raise ConfigError(f"{origin}: rule #{i + 1} ({entry['heading']}): {key} is {value!r}; it must be "
+                                  "a list of qualifier words, e.g. [right, mild].")
+        if entry.get("severity") is not None and not isinstance(entry["severity"], str):
+            raise ConfigError(f"{origin}: rule #{i + 1} ({entry['heading']}): severity must be a text or null.")
         rules.append(MeshRule(str(entry["heading"]).casefold(), entry["finding"],
                               tuple(w.casefold() for w in entry.get("when", [])),
                               tuple(w.casefold() for w in entry.get("unless", [])), entry.get("severity")))
@@ -130,6 +140,22 @@ class BuildOptions:
     def identity(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("n", "size", "seed", "lateral", "map_file")}
 
+    def validate(self) -> None:
+        """Check the options up front; a :class:`ConfigError` names the option and the fix."""
+        from synthex.phantom.render import MAX_SIZE, MIN_SIZE
+
+        def whole(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if not whole(self.size) or not MIN_SIZE <= self.size <= MAX_SIZE:
+            raise ConfigError(f"--size {self.size!r}: phantoms are {MIN_SIZE} to {MAX_SIZE} pixels.")
+        if not whole(self.seed) or self.seed < 0:
+            raise ConfigError(f"--seed {self.seed!r}: give a non-negative integer (same seed, same dataset).")
+        if not whole(self.workers) or self.workers < 1:
+            raise ConfigError(f"--workers {self.workers!r}: give 1 or more render processes.")
+        if self.n is not None and (not whole(self.n) or self.n < 1):
+            raise ConfigError(f"--n {self.n!r}: must be at least 1 (omit it for every report).")
+
 
 @dataclass
 class BuildReport:
@@ -169,7 +195,12 @@ def _check_out(out: Path, options: BuildOptions) -> None:
     manifest = out / MANIFEST
     if not manifest.is_file():
         raise OutputExistsError(f"--out {out} is not empty and was not made by 'synthex phantom build'.")
-    previous = json.loads(manifest.read_text())
+    try:
+        previous = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise OutputExistsError(f"{manifest} is unreadable ({err}); choose a new --out for the build.") from None
+    if not isinstance(previous, dict):
+        raise OutputExistsError(f"{manifest} is not a phantom build manifest; choose a new --out.")
     if options.overwrite:
         return
     if previous.get("complete"):
@@ -193,10 +224,7 @@ def _render_job(job: tuple[str, str, list[dict], int, int, bool]) -> dict[str, A
 
 def build_dataset(options: BuildOptions, callback: Callable[[int, int], None] | None = None) -> BuildReport:
     """Write the phantom IU X-ray dataset; see the module docstring."""
-    from synthex.phantom.render import MAX_SIZE, MIN_SIZE
-
-    if not MIN_SIZE <= options.size <= MAX_SIZE:
-        raise SynthexError(f"--size {options.size}: phantoms are {MIN_SIZE} to {MAX_SIZE} pixels.")
+    options.validate()
     out = Path(options.out)
     _check_out(out, options)
     rules = load_mesh_rules(options.map_file)
