@@ -71,3 +71,26 @@ def test_the_check_passes_a_good_pipeline_and_catches_a_changed_tensor(tmp_path)
             p.add_(1.0)
     with pytest.raises(SynthexError, match="'unet'"):
         check_loaded_weights(loaded.pipe, folder, "tiny")
+
+
+def test_search_model_loads_under_either_text_model_naming(tmp_path):
+    """transformers 5.0 nests CLIPTextModel's tensors under text_model.text_model.*, 5.23 does
+    not; the shipped search model (saved by 5.23) must load on every version we allow."""
+    import re
+
+    from synthex.models.compat import remap_text_keys
+    from synthex.search.model import DEFAULT_SEARCH_DIR, load_search_model
+
+    folder = Path(shutil.copytree(DEFAULT_SEARCH_DIR, tmp_path / "search"))
+    tensors = load_file(folder / "model.safetensors")
+    nested = {re.sub(r"^(\w+\.)((?:embeddings|encoder|final_layer_norm)\.)", r"\1text_model.\2", k): v
+              for k, v in tensors.items()}
+    assert nested.keys() != tensors.keys()
+    save_file(nested, str(folder / "model.safetensors"))
+    shipped, copy = load_search_model(), load_search_model(folder)
+    for (name, a), b in zip(shipped.model.state_dict().items(), copy.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert remap_text_keys(nested, tensors.keys()).keys() == tensors.keys()
+    assert remap_text_keys(tensors, nested.keys()).keys() == nested.keys()
+    clash = {"text_model.embeddings.w": 1, "embeddings.w": 2}
+    assert remap_text_keys(clash, ["text_model.text_model.embeddings.w", "proj"]) is clash  # no guessing

@@ -11,6 +11,8 @@ with its file, so a component that did not get its weights stops the load with a
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,38 @@ def portable_text_encoders(folder: str | Path) -> list[Path]:
         atomic_write(path, lambda fh, data=data: fh.write(data))
         changed.append(path)
     return changed
+
+
+_INNER_TEXT = re.compile(r"(?:^|(?<=\.))text_model\.(?=(?:embeddings|encoder|final_layer_norm)\.)")
+
+
+def _canonical(key: str) -> str:
+    previous = None
+    while previous != key:
+        previous, key = key, _INNER_TEXT.sub("", key, count=1)
+    return key
+
+
+def remap_text_keys(tensors: dict[str, Any], expected: Iterable[str]) -> dict[str, Any]:
+    """``tensors`` renamed to the ``expected`` state-dict keys of a module that holds a CLIP text
+    model, whichever transformers named them: ``x.text_model.embeddings.*`` (4.x, early 5.x) and
+    ``x.embeddings.*`` (later 5.x) are the same tensor. Keys that match already, or that have no
+    unique counterpart, are kept as they are (``load_state_dict`` then names what is missing)."""
+    expected = list(expected)
+    wanted = set(expected)
+    if set(tensors) == wanted:
+        return tensors
+    by_canon: dict[str, str] = {}
+    for key in expected:
+        if by_canon.setdefault(_canonical(key), key) != key:
+            return tensors  # two expected keys read alike: do not guess
+    out: dict[str, Any] = {}
+    for key, value in tensors.items():
+        target = key if key in wanted else by_canon.get(_canonical(key), key)
+        if target in out:
+            return tensors
+        out[target] = value
+    return out
 
 
 def _component_file(folder: Path, name: str) -> Path | None:

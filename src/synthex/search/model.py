@@ -206,7 +206,10 @@ def load_search_model(folder: str | Path | None = None) -> SearchModel:
     config = DualEncoderConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")))
     model = DualEncoder(config)
     try:
-        model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
+        from synthex.models.compat import remap_text_keys
+
+        tensors = remap_text_keys(load_file(str(folder / WEIGHTS_FILE)), model.state_dict().keys())
+        model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         raise SynthexError(f"{folder / WEIGHTS_FILE} does not match its config.json: {str(exc)[:300]}") from exc
     tokenizer = load_tokenizer(folder / "tokenizer")
