@@ -209,11 +209,10 @@ def build_model(cfg: SearchTrainConfig, tokenizer):
 
         from synthex.models.registry import embedded_dir
 
-        state = load_file(str(embedded_dir() / "text_encoder" / "model.safetensors"))
-        # transformers 5 writes CLIPTextModel keys without the "text_model." prefix, 4.x with it
-        prefixed = any(k.startswith("text_model.") for k in model.text_model.state_dict())
-        state = {(k if k.startswith("text_model.") else f"text_model.{k}") if prefixed
-                 else k.removeprefix("text_model."): v for k, v in state.items()}
+        from synthex.models.compat import remap_text_keys
+
+        state = remap_text_keys(load_file(str(embedded_dir() / "text_encoder" / "model.safetensors")),
+                                model.text_model.state_dict().keys())  # either transformers key naming
         missing, unexpected = model.text_model.load_state_dict(state, strict=False)
         if unexpected or [m for m in missing if "position_ids" not in m]:
             raise ConfigError(f"init_text: the embedded text encoder does not fit the text tower "

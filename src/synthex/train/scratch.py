@@ -520,8 +520,10 @@ def _load_pretrained_into(module, sub: Path, name: str, folder: Path) -> None:
     files = sorted(sub.glob("*.safetensors"))
     if not files:
         raise SynthexError(f"init_from {folder}: {sub} has no .safetensors weights")
-    state = load_file(str(files[0]))
     own = module.state_dict()
+    from synthex.models.compat import remap_text_keys
+
+    state = remap_text_keys(load_file(str(files[0])), own.keys())  # either text-encoder key naming
     wrong = [k for k in own if k not in state or state[k].shape != own[k].shape]
     if wrong:
         raise SynthexError(f"init_from {folder}: the {name} weights do not fit the configured architecture "
