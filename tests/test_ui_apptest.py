@@ -137,14 +137,16 @@ def test_every_control_reaches_the_engine_request(spy):
     at.slider(key="steps").set_value(12)
     at.slider(key="guidance").set_value(3.5)
     at.text_input(key="seed").input("9")
-    at.selectbox(key="sampler").select("Euler a")
+    at.selectbox(key="sampler").select("Euler")
+    at.selectbox(key="schedule_type").select("karras")
     at.selectbox(key="size").select("128x128")
     at.number_input(key="n").set_value(3)
     at.button(key="generate").click().run()
     assert not at.exception and errors(at) == ""
     request = spy.requests[-1]
     assert request.prompt == "Cardiomegaly. Chest x-ray." and request.negative_prompt == "blurry"
-    assert (request.steps, request.guidance, request.seed, request.sampler) == (12, 3.5, 9, "Euler a")
+    assert (request.steps, request.guidance, request.seed, request.sampler) == (12, 3.5, 9, "Euler")
+    assert request.schedule_type == "karras"
     assert (request.width, request.height, request.n) == (128, 128, 3)
     assert request.model.endswith("tiny-model") and list(request.loras) == []
     # gallery: 3 images with their seeds, a download each, "reuse this seed"

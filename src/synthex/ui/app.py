@@ -209,7 +209,7 @@ def generation_loras() -> list[tuple[str, float]]:
 # Sidebar: parameters
 # --------------------------------------------------------------------------------------------
 def parameter_section() -> dict[str, Any]:
-    from synthex.generate.samplers import SAMPLERS
+    from synthex.generate.samplers import SAMPLERS, SCHEDULE_TYPES
 
     low, high, default = state.STEPS_RANGE
     values = {
@@ -218,6 +218,8 @@ def parameter_section() -> dict[str, Any]:
                               value=state.GUIDANCE_RANGE[2], step=0.1, key="guidance"),
         "seed": st.text_input(t("seed"), key="seed", help="Empty = random in [0, 2^32-1]."),
         "sampler": st.selectbox(t("sampler"), SAMPLERS, key="sampler"),
+        "schedule_type": st.selectbox("Schedule type", SCHEDULE_TYPES, key="schedule_type",
+                                      help="A1111's 'Schedule type'; automatic = the sampler's own."),
         "size": st.selectbox(t("size"), state.SIZES, key="size",
                              help="The embedded model was trained at 128x128."),
         "n": st.number_input(t("n"), 1, state.MAX_BATCH, 1, key="n",
@@ -230,7 +232,8 @@ def controls(params: dict[str, Any], prompt: str, negative: str) -> state.Contro
     active = st.session_state.get("active") or {}
     return state.Controls(prompt=prompt, negative_prompt=negative, steps=params["steps"],
                           guidance=params["guidance"], seed=params["seed"],
-                          sampler=params["sampler"], size=params["size"], n=params["n"],
+                          sampler=params["sampler"], schedule_type=params.get("schedule_type", "automatic"),
+                          size=params["size"], n=params["n"],
                           model=active.get("model", ""), loras=generation_loras())
 
 

@@ -301,6 +301,7 @@ class Controls:
     guidance: float = GUIDANCE_RANGE[2]
     seed: str = DEFAULT_SEED
     sampler: str = "DPM++ 2M Karras"
+    schedule_type: str = "automatic"
     size: str = NATIVE_SIZE
     n: int = 1
     model: str = "embedded"
@@ -324,6 +325,7 @@ def build_request(controls: Controls) -> tuple[Any, list[str]]:
         prompt=ensure_suffix(controls.prompt), negative_prompt=controls.negative_prompt.strip(),
         steps=int(controls.steps), guidance=float(controls.guidance), seed=seed,
         sampler=controls.sampler, width=width, height=height, n=int(controls.n),
+        schedule_type=None if controls.schedule_type in (None, "", "automatic") else controls.schedule_type,
         model=controls.model, loras=list(controls.loras),
     )
     try:
