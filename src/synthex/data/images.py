@@ -46,7 +46,9 @@ logger = logging.getLogger(__name__)
 OUTPUT_MODES = ("RGB", "L")
 DEFAULT_SIZE = 1024
 REJECTS_COLUMNS = ("source", "name", "reason")
-_TEMP_SUFFIX = ".synthex-tmp"
+TEMP_SUFFIX = ".synthex-tmp"
+"""Suffix of the temp files of every write of prepare (``.<name>.<random>.synthex-tmp``)."""
+_TEMP_SUFFIX = TEMP_SUFFIX
 _FALLBACK_PIXEL_LIMIT = 89_478_485  # PIL's default MAX_IMAGE_PIXELS, used when a library unset it
 _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
@@ -486,15 +488,18 @@ def rejects_path(out_dir: Path, rejects_file: str, shard: tuple[int, int] | None
     return path.with_name(f"{path.stem}.shard-{shard[0]}-of-{shard[1]}{path.suffix}")
 
 
-def _write_rejects(path: Path, rows: list[tuple[str, str, str]]) -> None:
-    """Write (source, name, reason) rows atomically; always written (header only when there
-    are none) so the file describes the latest run."""
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{_TEMP_SUFFIX}"
-    with open(tmp, "x", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(REJECTS_COLUMNS)
-        writer.writerows(rows)
-    os.replace(tmp, path)
+def write_rejects(path: Path, rows: list[tuple[str, str, str]]) -> None:
+    """Write (source, name, reason) rows atomically (LF line ends); always written (header only
+    when there are none) so the file describes the latest run."""
+    import io
+
+    from synthex.io import atomic_write
+
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(REJECTS_COLUMNS)
+    writer.writerows(rows)
+    atomic_write(path, lambda handle: handle.write(text.getvalue().encode("utf-8")), suffix=_TEMP_SUFFIX)
 
 
 def export_images(
@@ -540,7 +545,7 @@ def export_images(
     )
     report.rejected, rows = _export_todo(todo, out_dir, size, mode, workers, progress, callback)
     report.written = len(todo) - len(rows)
-    _write_rejects(reject_csv, rows)
+    write_rejects(reject_csv, rows)
     report.seconds = time.perf_counter() - start
     if rows:
         logger.warning("%d of %d image(s) could not be read and were not exported; see %s",

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,13 @@ from synthex import __version__
 from synthex.data import card as card_mod
 from synthex.data import mesh as mesh_mod
 from synthex.data.cleaning import Cleaner, CleaningReport, load_rules
+from synthex.data.images import TEMP_SUFFIX, write_rejects
 from synthex.data.integrity import IntegrityReport, check_integrity
 from synthex.data.prompts import TokenStats, build_prompts, token_stats
 from synthex.data.selection import Selection, get_preset, select
 from synthex.data.sources import load_tables
 from synthex.errors import ConfigError, DataSourceError, OutputExistsError
+from synthex.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -239,9 +240,8 @@ def _jsonable(obj: Any) -> Any:
 def _write_manifest(out: Path, options: PrepareOptions, complete: bool, extra: dict | None = None) -> None:
     body = {"software": f"SynTheX-Ray {__version__}", "options": _jsonable(options.identity()),
             "complete": complete, **(extra or {})}
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(body, indent=2, default=str) + "\n")
-    os.replace(tmp, out / MANIFEST)
+    text = json.dumps(body, indent=2, default=str) + "\n"
+    atomic_write(out / MANIFEST, lambda handle: handle.write(text.encode("utf-8")), suffix=TEMP_SUFFIX)
 
 
 def clean_table(frame: pd.DataFrame, cleaner: Cleaner) -> tuple[pd.DataFrame, CleaningReport]:
@@ -264,9 +264,8 @@ def _metadata(selected: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False, lineterminator="\n")
-    os.replace(tmp, path)
+    text = frame.to_csv(index=False, lineterminator="\n")
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")), suffix=TEMP_SUFFIX)
 
 
 def prepare(out_dir: str | Path, options: PrepareOptions) -> PrepareResult:
@@ -301,7 +300,7 @@ def prepare(out_dir: str | Path, options: PrepareOptions) -> PrepareResult:
     chosen = selection.selected
     if chosen.empty:
         _write_tables(out, PrepareResult(out, integrity, cleaning, selection, token_stats([])[0], chosen))
-        _write_rejects(out / REJECTS, _source_rejects(tables))
+        write_rejects(out / REJECTS, _source_rejects(tables))
         raise DataSourceError(
             f"--source {options.source}: no rows left to prepare ({integrity.common_uids:,} uids with report "
             f"and images, {len(tables.rejected):,} source rows rejected, see {out / REJECTS}; the selection "
@@ -345,18 +344,6 @@ def _source_rejects(tables) -> list[tuple[str, str, str]]:
             for row in tables.rejected.itertuples(index=False)]
 
 
-def _write_rejects(path: Path, rows: list[tuple[str, str, str]]) -> None:
-    """rejects.csv (source, name, reason; LF line ends), atomically; header only when none."""
-    from synthex.data.images import REJECTS_COLUMNS
-
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.synthex-tmp"
-    with open(tmp, "x", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(REJECTS_COLUMNS)
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
 def _read_rejects(path: Path) -> list[tuple[str, str, str]]:
     if not path.is_file():
         return []
@@ -372,7 +359,7 @@ def _export(out: Path, result: PrepareResult, options: PrepareOptions) -> None:
     meta = _metadata(chosen)
     have = chosen["image_path"].notna().to_numpy()
     if not have.any():
-        _write_rejects(out / REJECTS, result.source_rejects)
+        write_rejects(out / REJECTS, result.source_rejects)
         if result.integrity.images_present:
             raise DataSourceError(
                 f"--source {options.source}: none of the {len(meta):,} selected images is in the image folder "
@@ -414,7 +401,7 @@ def _export(out: Path, result: PrepareResult, options: PrepareOptions) -> None:
     expected = len(tasks) - len(rejected & {t.name for t in tasks})
     all_rows = result.source_rejects + sorted(image_rejects, key=lambda row: row[1])
     if options.shard is None or len(present) == expected:
-        _write_rejects(out / REJECTS, all_rows)
+        write_rejects(out / REJECTS, all_rows)
     if expected == 0:
         result.complete = False
         raise DataSourceError(
