@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -325,16 +324,9 @@ def run_config(options: SynthesizeOptions, base_seed: int, total: int) -> dict[s
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    from synthex.io import atomic_write
+
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def _config_mismatch(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -86,14 +85,9 @@ def output_paths(figure: str | os.PathLike[str]) -> tuple[Path, Path, Path, Path
 
 def _atomic(path: Path, write: Any) -> None:
     """``write(handle)`` into a temp file next to ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    from synthex.io import atomic_write
+
+    atomic_write(path, write)
 
 
 def compare_prompts(prompt_a: str, prompt_b: str, out: str | os.PathLike[str], *,

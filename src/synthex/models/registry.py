@@ -211,9 +211,10 @@ def register_lora_preset(name: str, base_model: str, lora_file: str | os.PathLik
     models[name] = entry
     data["models"] = models
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
+    from synthex.io import atomic_write
+
+    text = yaml.safe_dump(data, sort_keys=False)
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))  # a unique temp name beside models.yaml
     return str(path)
 
 

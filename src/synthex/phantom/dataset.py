@@ -19,7 +19,6 @@ import hashlib
 import importlib.resources
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 from synthex.data.mesh import MeshTerm, is_normal, parse_mesh
 from synthex.data.sources import KAGGLE_IMAGE_DIR, load_source
 from synthex.errors import ConfigError, OutputExistsError, SynthexError
+from synthex.io import atomic_write
 from synthex.phantom.findings import REGISTRY, Finding
 
 log = logging.getLogger(__name__)
@@ -236,19 +236,16 @@ def build_dataset(options: BuildOptions, callback: Callable[[int, int], None] | 
     _write_kaggle_csvs(out, table, rows)
     truth, jobs = _plan(rows, rules, options, image_dir, report)
     _run_jobs(jobs, options, report, truth, callback)
-    with open(out / "phantom_truth.jsonl.tmp", "w") as fh:
-        for record in truth:
-            fh.write(json.dumps(record) + "\n")
-    os.replace(out / "phantom_truth.jsonl.tmp", out / "phantom_truth.jsonl")
+    lines = "".join(json.dumps(record) + "\n" for record in truth)
+    atomic_write(out / "phantom_truth.jsonl", lambda fh: fh.write(lines.encode("utf-8")))
     _mapping_table(rows, rules).to_csv(out / "mesh_mapping.csv", index=False)
     _write_json(out / MANIFEST, {"options": options.identity(), "complete": True, "report": asdict(report)})
     return report
 
 
 def _write_json(path: Path, body: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(body, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(body, indent=2, default=str) + "\n"
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def _write_kaggle_csvs(out: Path, table: pd.DataFrame, rows: pd.DataFrame) -> None:

@@ -230,9 +230,12 @@ def save_rejects(rejects: list[Reject], path: Path) -> None:
     """Write the rejected rows as CSV (``row,file_name,reason``; header only when none)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["row", "file_name", "reason"])
-        writer.writerows((r.row, r.file_name, r.reason) for r in rejects)
-    tmp.replace(path)
+    import io
+
+    from synthex.io import atomic_write
+
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["row", "file_name", "reason"])
+    writer.writerows((r.row, r.file_name, r.reason) for r in rejects)
+    atomic_write(path, lambda fh: fh.write(text.getvalue().encode("utf-8")))

@@ -111,11 +111,12 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _save_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    from synthex.io import atomic_write
+
+    data = save({k: v.detach().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write(Path(path), lambda fh: fh.write(data))
 
 
 def _load_module(module, path: Path) -> None:
