@@ -4,6 +4,7 @@ Entry point: :func:`evaluate` with :class:`EvaluationOptions`; see docs/evaluati
 """
 from __future__ import annotations
 
-from synthex.evaluate.run import METRICS, EvaluationOptions, EvaluationResult, evaluate
+from synthex.evaluate.run import evaluate
+from synthex.evaluate.types import METRICS, EvaluationOptions, EvaluationResult
 
 __all__ = ["METRICS", "EvaluationOptions", "EvaluationResult", "evaluate"]

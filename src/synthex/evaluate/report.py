@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from synthex.evaluate.types import REPORT_FILES, EvaluationResult, ReportContext, options_dict
 from synthex.io import atomic_write
 
 FIG_DIR = "figures"
@@ -137,25 +138,25 @@ def _fig_pairs(out: Path, closest, synth, train, threshold: float) -> Path:
 # --------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------
-def _overview(ctx: dict) -> list[Block]:
-    o, sets = ctx["options"], ctx["sets"]
+def _overview(ctx: ReportContext) -> list[Block]:
+    o, sets = ctx.options, ctx.sets
     rows = []
     for name, s in sets.items():
         rows.append([name, str(s.folder), _f(len(s)), f"{s.size}px", s.label_source or "none",
                      _f(len(s.rejects)), "; ".join(s.notes) or "-"])
     synthex_note = (" (the in-project phantom-trained encoder: numbers are not comparable with Inception FID or "
-                    "torchxrayvision FXD)." if ctx["extractor_id"].startswith("synthex") else ".")
+                    "torchxrayvision FXD)." if ctx.extractor_id.startswith("synthex") else ".")
     blocks = [Block("p", f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `synthex evaluate`. "
                          "Synthetic images are for research, not diagnosis."),
               Block("table", rows, ["set", "folder", "images", "size", "labels from", "rejected", "notes"]),
-              Block("p", f"Feature extractor: `{ctx['extractor_id']}`" + synthex_note)]
-    others = ctx.get("extractors", {})
+              Block("p", f"Feature extractor: `{ctx.extractor_id}`" + synthex_note)]
+    others = ctx.extractors
     if others:
         blocks.append(Block("list", [f"extractor `{k}`: {v}" for k, v in others.items()]))
     if o.train is None:
         blocks.append(Block("p", "No `--train` folder: the privacy audit uses the real set as the training set."))
-    if ctx["skipped"]:
-        blocks.append(Block("list", [f"**{m} not computed**: {r}" for m, r in ctx["skipped"].items()]))
+    if ctx.skipped:
+        blocks.append(Block("list", [f"**{m} not computed**: {r}" for m, r in ctx.skipped.items()]))
     return blocks
 
 
@@ -357,16 +358,14 @@ def to_jsonable(value: Any, max_array: int = 64) -> Any:
     return value
 
 
-def write_report(out: Path, results: dict, ctx: dict):
-    from synthex.evaluate.run import EvaluationResult, options_dict
-
+def write_report(out: Path, results: dict, ctx: ReportContext) -> EvaluationResult:
     out.mkdir(parents=True, exist_ok=True)
-    sets = ctx["sets"]
+    sets = ctx.sets
     blocks = [Block("h2", "Overview")] + _overview(ctx)
-    blocks += [Block("p", f"**Warning:** {w}") for w in ctx.get("warnings", [])]
+    blocks += [Block("p", f"**Warning:** {w}") for w in ctx.warnings]
     blocks.append(Block("figure", _fig_samples(out, sets["real"], sets["synthetic"]),
                         "real (top) and synthetic (bottom)"))
-    warnings = list(ctx.get("warnings", [])) + list(results.get("fidelity", {}).get("warnings", []))
+    warnings = list(ctx.warnings) + list(results.get("fidelity", {}).get("warnings", []))
     if "fidelity" in results:
         blocks += _fidelity_blocks(results["fidelity"])
     if "diversity" in results:
@@ -381,18 +380,18 @@ def write_report(out: Path, results: dict, ctx: dict):
     rejects = [f"{name}: {p} ({why})" for name, s in sets.items() for p, why in s.rejects]
     if rejects:
         blocks += [Block("h2", "Rejected files"), Block("list", rejects)]
-    t = ctx["timings"]
+    t = ctx.timings
     blocks += [Block("h2", "Timings"), Block("table", [[k, f"{v:.1f} s"] for k, v in t.items()], ["step", "time"])]
-    payload = {"options": options_dict(ctx["options"]), "extractor": ctx["extractor_id"], "timings": t,
-               "extractors_available": ctx.get("extractors", {}),
-               "skipped": ctx["skipped"], "warnings": warnings,
+    payload = {"options": options_dict(ctx.options), "extractor": ctx.extractor_id, "timings": t,
+               "extractors_available": ctx.extractors,
+               "skipped": ctx.skipped, "warnings": warnings,
                "sets": {n: {"folder": str(s.folder), "n": len(s), "size": s.size, "label_source": s.label_source,
                             "rejects": s.rejects, "notes": s.notes} for n, s in sets.items()},
                "results": results}
     md, page = _md(blocks, out), _html(blocks)
-    paths = [out / name for name in ("report.md", "report.html", "results.json")]
+    paths = [out / name for name in REPORT_FILES]
     atomic_write(paths[0], lambda h: h.write(md.encode()))
     atomic_write(paths[1], lambda h: h.write(page.encode()))
     text = json.dumps(to_jsonable(payload), indent=1)
     atomic_write(paths[2], lambda h: h.write(text.encode()))
-    return EvaluationResult(out, results, *paths, warnings=warnings, skipped=ctx["skipped"], timings=t)
+    return EvaluationResult(out, results, *paths, warnings=warnings, skipped=ctx.skipped, timings=t)

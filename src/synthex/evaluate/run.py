@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,61 +16,15 @@ import numpy as np
 from synthex.errors import OutputExistsError, SynthexError
 from synthex.evaluate.data import ImageSet, _read_metadata, common_label_source, label_columns, load_image_set
 from synthex.evaluate.features import SynthexExtractor, cached_features, make_extractor
+from synthex.evaluate.report import write_report
+from synthex.evaluate.types import (METRICS, REPORT_FILES, EvaluationOptions, EvaluationResult, ReportContext,
+                                    options_dict)
+
+# The types live in synthex.evaluate.types; they stay importable from here as well.
+__all__ = ["METRICS", "REPORT_FILES", "EvaluationOptions", "EvaluationResult", "ReportContext", "evaluate",
+           "options_dict"]
 
 log = logging.getLogger(__name__)
-
-METRICS = ("fidelity", "diversity", "alignment", "privacy", "utility")
-REPORT_FILES = ("report.md", "report.html", "results.json")
-
-
-@dataclass
-class EvaluationOptions:
-    """What to compare and how. Give ``synthetic`` or (``model`` and ``prompts``)."""
-
-    real: Path
-    out: Path
-    synthetic: Path | None = None
-    train: Path | None = None
-    """Training images for the privacy audit (default: the real set)."""
-    model: str | None = None
-    prompts: Path | None = None
-    per_prompt: int = 1
-    steps: int = 20
-    guidance: float = 7.0
-    loras: tuple[tuple[str, float], ...] = ()
-    extractor: str = "synthex"
-    extractor_weights: Path | None = None
-    metrics: tuple[str, ...] = METRICS
-    cache: Path | None = None
-    """Feature cache folder; default ``<image folder>/.synthex/features``."""
-    label_source: str | None = None
-    overwrite: bool = False
-    seed: int = 0
-    k: int = 5
-    bootstrap: int = 200
-    kid_subsets: int = 100
-    min_images: int = 10
-    min_per_finding: int = 10
-    diversity_pairs: int = 200
-    privacy_calibration: int = 200
-    ctr_probe_n: int = 400
-    utility_epochs: int = 6
-    utility_size: int = 64
-    utility_test_fraction: float = 0.5
-    progress: bool = True
-
-
-@dataclass
-class EvaluationResult:
-    out: Path
-    results: dict[str, Any]
-    report_md: Path
-    report_html: Path
-    results_json: Path
-    warnings: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-
 
 # --------------------------------------------------------------------------------------------
 # 1. Options and the report folder
@@ -278,14 +231,11 @@ def evaluate(options: EvaluationOptions, *, extractors: dict[str, Any] | None = 
             results[metric] = _utility(o, real, synth)
         timings[metric] = time.perf_counter() - start
     timings["total_before_report"] = time.perf_counter() - t0
-    from synthex.evaluate.report import write_report
-
     from synthex.evaluate.features import availability
 
-    context = {"options": o, "sets": sets, "extractor_id": extractors["main"].id, "timings": timings,
-               "warnings": warnings,
-               "skipped": skipped, "extractors": {k: v for k, v in availability(o.extractor_weights).items()
-                                                  if k != "synthex"}}
+    context = ReportContext(options=o, sets=sets, extractor_id=extractors["main"].id, timings=timings,
+                            warnings=warnings, skipped=skipped,
+                            extractors={k: v for k, v in availability(o.extractor_weights).items() if k != "synthex"})
     return write_report(Path(o.out), results, context)
 
 
@@ -307,6 +257,3 @@ def _missing(metric: str, real: ImageSet, synth: ImageSet) -> str | None:
         return "utility needs labels in both sets (metadata.csv with text, mesh or finding columns)"
     return None
 
-
-def options_dict(o: EvaluationOptions) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()}
