@@ -404,3 +404,81 @@ def test_request_from_parameters_reads_a1111_fields():
     schedule = eng.request_from_parameters(parse_infotext("x\nSteps: 3, Sampler: Euler, Seed: 1"),
                                            schedule_type="exponential")
     assert (schedule.sampler, schedule.schedule_type) == ("Euler", "exponential")
+
+
+# --------------------------------------------------------------------------------------------
+# One source of defaults (synthex.generate.defaults)
+# --------------------------------------------------------------------------------------------
+def _typer_defaults(command) -> dict:
+    import typer
+
+    app = typer.Typer()
+    app.command()(command)
+    return {p.name: p for p in typer.main.get_command(app).params}
+
+
+def test_every_generation_default_comes_from_defaults_module():
+    import dataclasses
+    import inspect
+    import re
+    from pathlib import Path
+
+    from synthex.cli.evaluate import evaluate as evaluate_command
+    from synthex.cli.generate import (
+        compare_command,
+        generate_command,
+        synthesize_command,
+    )
+    from synthex.evaluate import EvaluationOptions
+    from synthex.generate import defaults as d
+    from synthex.generate import samplers
+    from synthex.generate.batch import SynthesizeOptions
+    from synthex.ui import state
+
+    shared = {"steps": d.DEFAULT_STEPS, "guidance": d.DEFAULT_GUIDANCE, "sampler": d.DEFAULT_SAMPLER,
+              "clip_skip": d.DEFAULT_CLIP_SKIP, "model": d.DEFAULT_MODEL, "width": d.DEFAULT_WIDTH,
+              "height": d.DEFAULT_HEIGHT}
+    assert samplers.DEFAULT_SAMPLER is d.DEFAULT_SAMPLER and samplers.SAMPLERS[0] == d.DEFAULT_SAMPLER
+    request = GenerationRequest("x")
+    assert {k: getattr(request, k) for k in shared} == shared and request.n == d.DEFAULT_N
+    synth = {f.name: f.default for f in dataclasses.fields(SynthesizeOptions)}
+    assert {k: synth[k] for k in shared} == shared
+    # every field SynthesizeOptions shares with GenerationRequest has the request's default
+    # (seed excepted: a batch's base seed is 0, reproducible, where one request draws at random)
+    req = {f.name: f.default for f in dataclasses.fields(GenerationRequest)}
+    assert {k: v for k, v in synth.items() if k in req and k != "seed" and v != req[k]} == {}
+    evaluation = {f.name: f.default for f in dataclasses.fields(EvaluationOptions)}
+    assert (evaluation["steps"], evaluation["guidance"], evaluation["per_prompt"]) == (
+        d.DEFAULT_STEPS, d.DEFAULT_GUIDANCE, d.DEFAULT_N)
+
+    # synthex generate: options default to None (so --from keeps the stored values), and the
+    # help shows the request's defaults
+    gen = _typer_defaults(generate_command)
+    assert all(gen[k].default is None for k in ("n", "steps", "guidance", "sampler", "clip_skip", "model"))
+    assert {k: gen[k].show_default for k in ("n", "steps", "guidance", "sampler", "clip_skip", "model")} == {
+        "n": str(d.DEFAULT_N), "steps": str(d.DEFAULT_STEPS), "guidance": f"{d.DEFAULT_GUIDANCE:g}",
+        "sampler": d.DEFAULT_SAMPLER, "clip_skip": str(d.DEFAULT_CLIP_SKIP), "model": d.DEFAULT_MODEL}
+    for command in (synthesize_command, compare_command):
+        params = _typer_defaults(command)
+        assert {k: params[k].default for k in ("steps", "guidance", "sampler", "clip_skip", "model")} == {
+            k: shared[k] for k in ("steps", "guidance", "sampler", "clip_skip", "model")}, command.__name__
+    ev = _typer_defaults(evaluate_command)
+    assert (ev["n"].default, ev["steps"].default, ev["cfg"].default) == (
+        d.DEFAULT_N, d.DEFAULT_STEPS, d.DEFAULT_GUIDANCE)
+
+    # the app: its own (thesis) slider defaults, named as such; the rest shared
+    controls = state.Controls(prompt="x")
+    assert (state.STEPS_RANGE[2], state.GUIDANCE_RANGE[2]) == (d.APP_STEPS, d.APP_GUIDANCE)
+    assert (controls.steps, controls.guidance, controls.sampler, controls.n, controls.model) == (
+        d.APP_STEPS, d.APP_GUIDANCE, d.DEFAULT_SAMPLER, d.DEFAULT_N, d.DEFAULT_MODEL)
+    assert inspect.signature(state.default_model).parameters["registry_default"].default == d.DEFAULT_MODEL
+
+    # and no literal default is written again in the modules that take them from there
+    src = Path(d.__file__).resolve().parents[1]
+    literal = re.compile(r'"DPM\+\+ 2M Karras"|typer\.Option\((?:20|7\.0|"embedded")\b'
+                         r'|^\s+(?:steps|guidance|sampler|clip_skip|model|n): [^=\n]+= *(?:20|7\.[05]|30|1|"[^"]*")$',
+                         re.MULTILINE)
+    for rel in ("generate/engine.py", "generate/batch.py", "cli/generate.py", "cli/evaluate.py",
+                "ui/state.py", "evaluate/run.py", "evaluate/types.py"):
+        found = literal.findall((src / rel).read_text(encoding="utf-8"))
+        assert not found, f"{rel}: {found} - use synthex.generate.defaults"

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from synthex.errors import SynthexError
+from synthex.generate.defaults import DEFAULT_GUIDANCE, DEFAULT_N, DEFAULT_STEPS
 
 
 def evaluate(
@@ -23,9 +24,9 @@ def evaluate(
                                          "(default: the real set)."),
     model: Optional[str] = typer.Option(None, "--model", help="Generate the synthetic set with this model..."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="...from this prompts CSV/JSONL."),
-    n: int = typer.Option(1, "--n", help="Images per prompt when generating."),
-    steps: int = typer.Option(20, "--steps", help="Sampling steps when generating."),
-    cfg: float = typer.Option(7.0, "--cfg", help="Guidance scale when generating."),
+    n: int = typer.Option(DEFAULT_N, "--n", help="Images per prompt when generating."),
+    steps: int = typer.Option(DEFAULT_STEPS, "--steps", help="Sampling steps when generating."),
+    cfg: float = typer.Option(DEFAULT_GUIDANCE, "--cfg", help="Guidance scale when generating."),
     extractor: str = typer.Option("synthex", "--extractor", help="Features for FID/KID/PRDC/privacy: synthex "
                                   "(in-project, offline), xrv or inception (need local weights)."),
     xrv_weights: Optional[Path] = typer.Option(None, "--xrv-weights", help="torchxrayvision DenseNet 'all' .pt."),

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from synthex.generate.defaults import DEFAULT_GUIDANCE, DEFAULT_N, DEFAULT_STEPS
+
 if TYPE_CHECKING:  # annotations only: importing the data module here would pull in the phantom code
     from synthex.evaluate.data import ImageSet
 
@@ -26,9 +28,9 @@ class EvaluationOptions:
     """Training images for the privacy audit (default: the real set)."""
     model: str | None = None
     prompts: Path | None = None
-    per_prompt: int = 1
-    steps: int = 20
-    guidance: float = 7.0
+    per_prompt: int = DEFAULT_N
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
     loras: tuple[tuple[str, float], ...] = ()
     extractor: str = "synthex"
     extractor_weights: Path | None = None

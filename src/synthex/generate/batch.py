@@ -40,8 +40,17 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from synthex.errors import OutputExistsError, SynthexError
+from synthex.generate.defaults import (
+    DEFAULT_CLIP_SKIP,
+    DEFAULT_GUIDANCE,
+    DEFAULT_HEIGHT,
+    DEFAULT_MODEL,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    DEFAULT_WIDTH,
+)
 from synthex.generate.engine import Engine, GenerationRequest, parse_seed, random_seed
-from synthex.generate.samplers import DEFAULT_SAMPLER, canonical_sampler_name
+from synthex.generate.samplers import canonical_sampler_name
 
 logger = logging.getLogger(__name__)
 
@@ -73,16 +82,16 @@ class SynthesizeOptions:
     counts_column: str | None = None
     per_class: int | None = None
     class_column: str | None = None
-    model: str = "embedded"
+    model: str = DEFAULT_MODEL
     loras: Sequence[tuple[str, float]] = ()
-    steps: int = 20
-    guidance: float = 7.0
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
     sampler: str = DEFAULT_SAMPLER
     schedule_type: str | None = None
-    clip_skip: int = 1
+    clip_skip: int = DEFAULT_CLIP_SKIP
     negative_prompt: str = ""
-    width: int | None = None
-    height: int | None = None
+    width: int | None = DEFAULT_WIDTH
+    height: int | None = DEFAULT_HEIGHT
     seed: int | str | None = 0
     device: str | None = None
     dtype: str | None = None
@@ -319,7 +328,7 @@ def run_config(options: SynthesizeOptions, base_seed: int, total: int) -> dict[s
         "negative_prompt": options.negative_prompt, "width": options.width,
         "height": options.height, "base_seed": base_seed, "total": total,
         "version": f"synthex-{__version__}",
-        **({"clip_skip": options.clip_skip} if options.clip_skip != 1 else {}),
+        **({"clip_skip": options.clip_skip} if options.clip_skip != DEFAULT_CLIP_SKIP else {}),
     }
 
 

@@ -30,9 +30,18 @@ from typing import Any, Callable, Sequence
 import torch
 
 from synthex.errors import SynthexError
+from synthex.generate.defaults import (
+    DEFAULT_CLIP_SKIP,
+    DEFAULT_GUIDANCE,
+    DEFAULT_HEIGHT,
+    DEFAULT_MODEL,
+    DEFAULT_N,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    DEFAULT_WIDTH,
+)
 from synthex.generate.infotext import GenerationParameters
 from synthex.generate.samplers import (
-    DEFAULT_SAMPLER,
     make_scheduler,
     resolve_sampler,
     scheduler_overrides,
@@ -88,21 +97,21 @@ class GenerationRequest:
 
     prompt: str
     negative_prompt: str = ""
-    steps: int = 20
-    guidance: float = 7.0
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
     seed: int | str | None = None
     sampler: str = DEFAULT_SAMPLER
     schedule_type: str | None = None
-    width: int | None = None
-    height: int | None = None
+    width: int | None = DEFAULT_WIDTH
+    height: int | None = DEFAULT_HEIGHT
     loras: Sequence[tuple[str | os.PathLike[str], float]] = ()
-    model: str | os.PathLike[str] = "embedded"
-    n: int = 1
+    model: str | os.PathLike[str] = DEFAULT_MODEL
+    n: int = DEFAULT_N
     device: str | torch.device | None = None
     dtype: str | torch.dtype | None = None
     batch_size: int = 1
     lang: str = "auto"
-    clip_skip: int = 1
+    clip_skip: int = DEFAULT_CLIP_SKIP
     """Language of the prompts: "auto" maps Russian/Ukrainian (Cyrillic) text to English through
     the glossary (:mod:`synthex.text.lang`) and refuses transliterated text; "en" passes the
     text unchanged; "ru"/"uk" force that glossary."""
@@ -386,7 +395,7 @@ class Engine:
         self._key: tuple[Any, ...] | None = None
 
     # ---------------------------------------------------------------------------- models
-    def load(self, model: str | os.PathLike[str] = "embedded",
+    def load(self, model: str | os.PathLike[str] = DEFAULT_MODEL,
              loras: Sequence[tuple[str | os.PathLike[str], float]] = (),
              device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> Any:
         """Make ``model`` (+ LoRAs) the loaded model; reuses the cached pipeline when it is the
@@ -638,7 +647,7 @@ def _size(request: GenerationRequest, loaded: Any) -> tuple[int, int]:
     return width, height
 
 
-def _encode(pipe: Any, prompt: str, negative: str, clip_skip: int = 1) -> dict[str, torch.Tensor]:
+def _encode(pipe: Any, prompt: str, negative: str, clip_skip: int = DEFAULT_CLIP_SKIP) -> dict[str, torch.Tensor]:
     from synthex.generate.weighting import prompt_embeds_for_pipeline
 
     if clip_skip in (None, 1):
@@ -764,9 +773,10 @@ def request_from_parameters(params: GenerationParameters, **overrides: Any) -> G
     tagged = {name for name, _ in lora_tags(params.prompt)}
     fields: dict[str, Any] = {
         "prompt": params.prompt, "negative_prompt": params.negative_prompt,
-        "steps": params.steps or 20, "guidance": 7.0 if params.cfg_scale is None else params.cfg_scale,
+        "steps": params.steps or DEFAULT_STEPS,
+        "guidance": DEFAULT_GUIDANCE if params.cfg_scale is None else params.cfg_scale,
         "seed": params.seed, "width": params.width, "height": params.height,
-        "model": params.model or "embedded", "clip_skip": params.clip_skip or 1,
+        "model": params.model or DEFAULT_MODEL, "clip_skip": params.clip_skip or DEFAULT_CLIP_SKIP,
         "loras": [(name, 1.0 if scale is None else scale)
                   for name, (_, scale) in params.loras.items() if name not in tagged],
     }

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from synthex.errors import SynthexError
+from synthex.generate.defaults import DEFAULT_SAMPLER  # re-exported here
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SAMPLER = "DPM++ 2M Karras"
 KARRAS = "Karras"
 AUTOMATIC = "Automatic"
 _SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")

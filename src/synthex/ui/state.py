@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from synthex.errors import SynthexError
+from synthex.generate.defaults import APP_GUIDANCE, APP_STEPS, DEFAULT_MODEL, DEFAULT_N, DEFAULT_SAMPLER
 
 SUFFIX = "Chest x-ray."
 BANNER = "Synthetic images for research, not diagnosis."
@@ -27,8 +28,8 @@ MODEL_ENV = "SYNTHEX_UI_MODEL"
 MAX_PROMPT_CHARS = 3000
 MAX_BATCH = 8
 HISTORY_LIMIT = 50
-STEPS_RANGE = (10, 50, 30)  # min, max, default (thesis)
-GUIDANCE_RANGE = (1.0, 15.0, 7.5)
+STEPS_RANGE = (10, 50, APP_STEPS)  # min, max, default (the thesis app's, not the CLI's)
+GUIDANCE_RANGE = (1.0, 15.0, APP_GUIDANCE)
 LORA_RANGE = (0.0, 1.0, 0.8)
 DEFAULT_SEED = "42"
 NATIVE_SIZE = "Model's native size"
@@ -300,11 +301,11 @@ class Controls:
     steps: int = STEPS_RANGE[2]
     guidance: float = GUIDANCE_RANGE[2]
     seed: str = DEFAULT_SEED
-    sampler: str = "DPM++ 2M Karras"
+    sampler: str = DEFAULT_SAMPLER
     schedule_type: str = "automatic"
     size: str = NATIVE_SIZE
-    n: int = 1
-    model: str = "embedded"
+    n: int = DEFAULT_N
+    model: str = DEFAULT_MODEL
     loras: Sequence[tuple[str, float]] = ()
 
 
@@ -335,7 +336,7 @@ def build_request(controls: Controls) -> tuple[Any, list[str]]:
     return request, []
 
 
-def default_model(registry_default: str = "embedded") -> str:
+def default_model(registry_default: str = DEFAULT_MODEL) -> str:
     """The model the page offers first: ``$SYNTHEX_UI_MODEL`` or the registry default."""
     return os.environ.get(MODEL_ENV, "").strip() or registry_default
 
