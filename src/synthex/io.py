@@ -78,3 +78,59 @@ def addnet_legacy_hash(path_or_bytes: str | os.PathLike[str] | bytes) -> str:
     (the old AUTOMATIC1111 model hash; empty input past 1 MiB hashes the empty string)."""
     data = _read_source(path_or_bytes)
     return hashlib.sha256(data[0x100000:0x100000 + 0x10000]).hexdigest()[:8]
+
+
+# --------------------------------------------------------------------------------------------
+# Reading images: the one way every stage opens an image file
+# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def bomb_checked():
+    """Turn PIL's DecompressionBombWarning (more than ``Image.MAX_IMAGE_PIXELS`` pixels) into
+    an error, so an image whose header claims a huge size is refused before it is decoded."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def image_read_failure(path: Path | None, exc: BaseException) -> str:
+    """The one-line reason an image could not be read."""
+    from PIL import Image
+
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return (f"image header claims too many pixels ({exc}); a decompression bomb or a corrupt "
+                f"header (limit {Image.MAX_IMAGE_PIXELS:,} pixels)")
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    try:
+        if path is not None and path.is_file() and path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+    except OSError:
+        pass
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def open_image(source: str | os.PathLike[str] | bytes, *, name: str | None = None):
+    """A fully decoded PIL image from a file or bytes, or :class:`~synthex.errors.ImageReadError`
+    naming it: missing, empty, not an image, truncated, or a header claiming too many pixels
+    (checked before any pixel is decoded). Modes are left as they are."""
+    import io as _io
+
+    from PIL import Image
+
+    from synthex.errors import ImageReadError
+
+    path = None if isinstance(source, (bytes, bytearray)) else Path(source)
+    label = name or (str(path) if path is not None else "uploaded image")
+    try:
+        with bomb_checked():
+            img = Image.open(_io.BytesIO(bytes(source)) if path is None else path)
+            img.load()
+        return img
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means "unreadable file"
+        raise ImageReadError(label, image_read_failure(path, exc)) from exc

@@ -27,7 +27,6 @@ import multiprocessing
 import os
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -40,6 +39,8 @@ from tqdm.auto import tqdm
 
 from synthex.errors import ConfigError, ImageReadError
 from synthex.io import atomic_write
+from synthex.io import bomb_checked as _bomb_checked
+from synthex.io import image_read_failure as _read_failure
 
 logger = logging.getLogger(__name__)
 
@@ -81,30 +82,6 @@ def read_image(path: str | os.PathLike[str]) -> Image.Image:
         return to_8bit(img)
     except ValueError as exc:
         raise ImageReadError(path, f"unsupported image mode {img.mode!r}: {exc}") from exc
-
-
-@contextlib.contextmanager
-def _bomb_checked() -> Iterator[None]:
-    """Turn PIL's DecompressionBombWarning (more than ``Image.MAX_IMAGE_PIXELS`` pixels) into
-    an error, so an image whose header claims a huge size is rejected before it is decoded."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        yield
-
-
-def _read_failure(path: Path, exc: BaseException) -> str:
-    """The reason recorded for an unreadable file (one line, names what is wrong)."""
-    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return (f"image header claims too many pixels ({exc}); a decompression bomb or a corrupt "
-                f"header (limit {Image.MAX_IMAGE_PIXELS:,} pixels)")
-    if isinstance(exc, FileNotFoundError):
-        return "file not found"
-    try:
-        if path.is_file() and path.stat().st_size == 0:
-            return "empty file (0 bytes)"
-    except OSError:
-        pass
-    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 def read_image_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from synthex.errors import SynthexError
+from synthex.errors import ImageReadError, SynthexError
 from synthex.phantom.classifier import PHANTOM_LABELS, finding_labels
 
 log = logging.getLogger(__name__)
@@ -125,9 +125,11 @@ def _plain_files(folder: Path) -> list[Path]:
 # 2. Reading images
 # --------------------------------------------------------------------------------------------
 def read_gray(path: Path) -> tuple[np.ndarray, bool]:
-    """uint8 grayscale array of one image and whether it had to be converted."""
-    with Image.open(path) as img:
-        img.load()
+    """uint8 grayscale array of one image and whether it had to be converted (ImageReadError for
+    an unreadable file, a header claiming too many pixels included)."""
+    from synthex.io import open_image
+
+    with open_image(path) as img:
         mode = img.mode
         if mode == "L":
             return np.asarray(img, dtype=np.uint8).copy(), False
@@ -156,7 +158,10 @@ def _load_pixels(files: list[Path], name: str, progress: bool):
         except FileNotFoundError:
             rejects.append((str(path), "listed in metadata.csv but missing"))
             continue
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        except ImageReadError as exc:
+            rejects.append((str(path), f"unreadable image ({exc.reason})"))
+            continue
+        except (OSError, ValueError) as exc:
             rejects.append((str(path), f"unreadable image ({type(exc).__name__}: {exc})"))
             continue
         if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:

@@ -29,8 +29,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from synthex.errors import OutputExistsError, SynthexError
-from synthex.io import atomic_write
+from synthex.errors import ImageReadError, OutputExistsError, SynthexError
+from synthex.io import atomic_write, open_image
 from synthex.phantom.captions import STYLES, FilterCounts, caption_variants, filter_report, sample_balanced
 from synthex.phantom.classifier import PHANTOM_LABELS, finding_labels
 from synthex.phantom.findings import Finding
@@ -123,8 +123,12 @@ def _iu_rows(options: CaptionSetOptions, counts: FilterCounts, outcome: Counter,
             if not source.is_file():
                 rejects.append({"file_name": row.file_name, "reason": "image file not found"})
                 continue
-            with Image.open(source) as image:
-                image = image.convert("L").resize((options.size, options.size), Image.LANCZOS)
+            try:
+                with open_image(source) as image:
+                    image = image.convert("L").resize((options.size, options.size), Image.LANCZOS)
+            except ImageReadError as exc:
+                rejects.append({"file_name": row.file_name, "reason": exc.reason})
+                continue
                 atomic_write(target, lambda fh, im=image: im.save(fh, format="PNG"))
         variants = caption_variants(drawn, rng)
         rows.append({"file_name": name, "captions": [text or variants[0], *variants[:len(STYLES) - 1]],

@@ -192,19 +192,15 @@ def discover(root: str | Path) -> tuple[str, list[Item], list[dict[str, str]]]:
 def read_image(path: Path, size: int) -> np.ndarray:
     """A file -> (size, size) uint8 grayscale (short side resized, centre crop); raises
     :class:`~synthex.errors.ImageReadError` for an unreadable file."""
-    from PIL import Image, UnidentifiedImageError
-
     from synthex.errors import ImageReadError
+    from synthex.io import open_image
     from synthex.train.data import prepare_image
 
-    try:
-        with Image.open(path) as img:
-            img.load()
+    with open_image(path) as img:
+        try:
             return prepare_image(img, size)
-    except FileNotFoundError as exc:
-        raise ImageReadError(path, "file not found") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageReadError(path, f"{type(exc).__name__}: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise ImageReadError(path, f"{type(exc).__name__}: {exc}") from exc
 
 
 def file_sha1(path: Path) -> str:

@@ -151,11 +151,14 @@ def write_results(result: SearchResult, path: str | Path, *, overwrite: bool = F
 def _thumbnail(path: str, size: int):
     from PIL import Image, ImageDraw
 
+    from synthex.errors import ImageReadError
+    from synthex.io import open_image
+
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             thumb = img.convert("L")
             thumb.thumbnail((size, size))
-    except (OSError, ValueError):
+    except (ImageReadError, OSError, ValueError):
         thumb = Image.new("L", (size, size), 40)
         ImageDraw.Draw(thumb).text((6, size // 2), "missing", fill=220)
     canvas = Image.new("L", (size, size), 0)

@@ -158,8 +158,6 @@ def prepare_image_with_box(image, resolution: int, crop: str = "center") -> tupl
 
 def _load_one(folder: Path, row: int, name: str, caption: str, resolution: int, crop: str = "center"):
     """((array, (height, width), (top, left)), None) or (None, Reject)."""
-    from PIL import Image, UnidentifiedImageError
-
     if not caption.strip():
         return None, Reject(row, name, "empty caption")
     from synthex.errors import OutsidePathError
@@ -171,12 +169,16 @@ def _load_one(folder: Path, row: int, name: str, caption: str, resolution: int, 
         return None, Reject(row, name, f"file_name points outside the dataset folder ({exc.reason})")
     if not path.is_file():
         return None, Reject(row, name, "image file not found")
+    from synthex.errors import ImageReadError
+    from synthex.io import open_image
+
     try:
-        with Image.open(path) as image:
-            image.load()
+        with open_image(path) as image:
             arr, box = prepare_image_with_box(image, resolution, crop)
             return (arr, (image.height, image.width), box), None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except ImageReadError as err:
+        return None, Reject(row, name, f"unreadable image: {err.reason}")
+    except (OSError, ValueError) as err:
         return None, Reject(row, name, f"unreadable image: {type(err).__name__}: {err}")
 
 

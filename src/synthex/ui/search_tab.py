@@ -83,13 +83,15 @@ def _upload_array(data: bytes, name: str) -> Any:
     import io
 
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+
+    from synthex.errors import ImageReadError
+    from synthex.io import open_image
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(data, name=name) as img:
             return np.asarray(img.convert("L"))
-    except (UnidentifiedImageError, OSError) as exc:
-        st.error(f"{name} is not an image Pillow can read ({exc}); upload a PNG or JPEG")
+    except ImageReadError as exc:
+        st.error(f"{name} is not an image this app can read ({exc.reason}); upload a PNG or JPEG")
         return None
 
 
