@@ -452,22 +452,21 @@ def read_lora_metadata(path: str | Path) -> dict[str, str]:
     return read_lora_file(Path(path))[1]
 
 
-# kohya / AUTOMATIC1111 / ComfyUI export: synthex.train.kohya (re-exported here)
+# kohya / AUTOMATIC1111 / ComfyUI export: synthex.train.kohya; the caches: synthex.train.caching
+# (both re-exported here)
+from synthex.train.caching import (  # noqa: F401
+    _encode_latents,
+    _read_cache,
+    build_latent_cache,
+    build_text_cache,
+    cache_key,
+)
 from synthex.train.kohya import _KOHYA_PREFIX, export_kohya, to_kohya  # noqa: F401
 
 
 # =============================================================================================
 # Caches (latents, text embeddings)
 # =============================================================================================
-def _encode_latents(base: BaseModel, pixels):
-    """VAE posterior mean and std of pixels in [-1, 1] (grayscale repeated for RGB VAEs)."""
-    vae = base.pipe.vae
-    if vae.config.in_channels != pixels.shape[1]:
-        pixels = pixels.repeat(1, vae.config.in_channels, 1, 1)
-    dist = vae.encode(pixels.to(base.loaded.device, vae.dtype)).latent_dist
-    return dist.mean.float(), dist.std.float()
-
-
 def read_pixels(data_dir: Path, names: list[str], resolution: int, crop: str):
     """Read, decode, resize and crop images from disk into [-1, 1] tensors (N, 1, R, R)."""
     import numpy as np
@@ -481,69 +480,6 @@ def read_pixels(data_dir: Path, names: list[str], resolution: int, crop: str):
         with Image.open(Path(data_dir) / name) as image:
             arrays.append(prepare_image(image, resolution, crop))
     return to_model_range(torch.from_numpy(np.stack(arrays))[:, None])
-
-
-def _read_cache(path: Path, key: str) -> dict | None:
-    """The tensors of a cache file made with ``key``; None when absent, stale or unreadable (a
-    truncated cache is rebuilt, with a warning)."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            if (fh.metadata() or {}).get("key") == key:
-                return {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as err:  # noqa: BLE001 - SafetensorError, OSError: rebuild it
-        logger.warning("cache %s is unreadable (%s: %s); rebuilding it", path, type(err).__name__, str(err)[:120])
-    return None
-
-
-def build_latent_cache(base: BaseModel, data, path: Path, key: str, progress: bool, batch: int = 16) -> dict:
-    """Encode every image once (or read ``path`` when it was made with the same ``key``)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    cached = _read_cache(path, key)
-    if cached is not None:
-        return cached
-    means, stds = [], []
-    with torch.no_grad():
-        for start in tqdm(range(0, len(data), batch), desc="caching latents", unit="batch", disable=not progress):
-            m, s = _encode_latents(base, data.pixels(torch.arange(start, min(start + batch, len(data)))))
-            means.append(m.cpu())
-            stds.append(s.cpu())
-    cache = {"mean": torch.cat(means), "std": torch.cat(stds)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _save_tensors(cache, path, {"key": key})
-    return cache
-
-
-def build_text_cache(base: BaseModel, captions: list[str], path: Path, key: str, progress: bool,
-                     batch: int = 32) -> dict:
-    """Embeddings of every distinct caption plus the empty caption (last row)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    cached = _read_cache(path, key)
-    if cached is not None:
-        return cached
-    texts = list(dict.fromkeys(captions)) + [""]
-    index = {t: i for i, t in enumerate(texts)}
-    hidden, pooled = [], []
-    with torch.no_grad():
-        for start in tqdm(range(0, len(texts), batch), desc="caching text", unit="batch", disable=not progress):
-            h, p = encode_text(base, tokenize_all(base, texts[start:start + batch]))
-            hidden.append(h.cpu().half())
-            if p is not None:
-                pooled.append(p.cpu().half())
-    cache = {"hidden": torch.cat(hidden), "row": torch.tensor([index[c] for c in captions]),
-             "empty": torch.tensor(len(texts) - 1)}
-    if pooled:
-        cache["pooled"] = torch.cat(pooled)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _save_tensors(cache, path, {"key": key})
-    return cache
 
 
 # =============================================================================================
@@ -730,7 +666,7 @@ def train_lora(data_dir: str | Path, run_dir: str | Path, cfg: LoraTrainConfig |
 
     # --- caches (main process computes them, the others read them) ----------------------
     loaded = base.loaded
-    key_base = f"{loaded.model_hash}|{cfg.model}|{cfg.vae}|{resolution}|{cfg.crop}|{metadata_fingerprint(data_dir)}|{cfg.split}"
+    key_base = cache_key(loaded.model_hash, cfg, resolution, metadata_fingerprint(data_dir))
     latents = text = None
     use_text_cache = cfg.cache_text and not cfg.train_text_encoder
     if cfg.cache_text and cfg.train_text_encoder:

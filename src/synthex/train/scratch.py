@@ -39,6 +39,14 @@ from typing import Any, Callable
 
 from synthex.errors import ConfigError, OutputExistsError, SynthexError
 from synthex.models.embedded import EmbeddedArch
+from synthex.train.caching import (
+    LATENTS_FILE,
+    _readable_safetensors,
+    read_image_cache,
+    read_scaled_latents,
+    write_image_cache,
+    write_scaled_latents,
+)
 from synthex.train.data import Reject
 from synthex.train.loop import (  # noqa: F401 (re-exported: the loop lives in train/loop.py)
     LOG_COLUMNS,
@@ -538,11 +546,8 @@ def stage_data(run: _Run) -> None:
 
     cache = run.dir / "cache"
     if run.done("data"):
-        from safetensors.torch import load_file
-
         try:
-            images = load_file(str(cache / "images.safetensors"))["images"]
-            meta = json.loads((cache / "captions.json").read_text(encoding="utf-8"))
+            images, meta = read_image_cache(cache)
             run.data = ImageTextData(images, meta["captions"], meta["file_names"],
                                      [Reject(**r) for r in meta["rejects"]])
             run.alternatives = meta.get("alternatives") or [meta["captions"]]
@@ -558,10 +563,9 @@ def stage_data(run: _Run) -> None:
                                           for c in cfg.caption_columns]
     cache.mkdir(parents=True, exist_ok=True)
     save_rejects(data.rejects, run.dir / "rejects.csv")
-    _save_tensors({"images": data.images}, cache / "images.safetensors")
     meta = {"captions": data.captions, "file_names": data.file_names,
             "rejects": [dataclasses.asdict(r) for r in data.rejects], "alternatives": run.alternatives}
-    _write_text(cache / "captions.json", json.dumps(meta))
+    write_image_cache(cache, data.images, meta)
     run.data = data
     run.mark_done("data", n_images=len(data), n_rejects=len(data.rejects))
     logger.info("data: %d images (%d rejected rows listed in rejects.csv)", len(data), len(data.rejects))
@@ -644,20 +648,10 @@ def _save_image(image, path: Path) -> None:
     tmp.replace(path)
 
 
-def _readable_safetensors(path: Path) -> bool:
-    from safetensors.torch import load_file
-
-    try:
-        load_file(str(path))
-        return True
-    except Exception:  # noqa: BLE001 - SafetensorError, OSError: not readable
-        return False
-
-
 def stage_latents(run: _Run, batch_size: int = 64) -> None:
     """Encode every training image once; set the VAE scaling factor to 1 / latent std."""
     torch = run.torch
-    path = run.dir / "cache" / "latents.safetensors"
+    path = run.dir / "cache" / LATENTS_FILE
     vae = run.components["vae"]
     if run.done("latents") and not _readable_safetensors(path):
         run.undo("latents", f"{path} is unreadable (truncated or missing)")
@@ -675,14 +669,11 @@ def stage_latents(run: _Run, batch_size: int = 64) -> None:
         if run.cfg.init_from and not run.cfg.train_vae:  # the warm-started UNet learnt this latent scale
             vae_config = json.loads((init_folder(run.cfg.init_from) / "vae" / "config.json").read_text())
             scaling = float(vae_config.get("scaling_factor", scaling))
-        _save_tensors({"mean": mean, "std": std}, path, {"scaling_factor": repr(scaling)})
+        write_scaled_latents(path, mean, std, scaling)
         run.mark_done("latents", scaling_factor=scaling)
         logger.info("latents: %s cached, scaling factor %.4f", tuple(mean.shape), scaling)
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        run.latents = {k: fh.get_tensor(k) for k in fh.keys()}
-        vae.register_to_config(scaling_factor=float(fh.metadata()["scaling_factor"]))
+    run.latents, scaling = read_scaled_latents(path)
+    vae.register_to_config(scaling_factor=scaling)
 
 
 def stage_unet(run: _Run) -> dict[str, Any]:
