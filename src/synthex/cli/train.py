@@ -1,4 +1,5 @@
-"""``synthex train``: the embedded model from scratch (``base``), LoRA fine-tuning (``lora``)."""
+"""``synthex train``: the embedded model from scratch (``base``), LoRA fine-tuning (``lora``), the
+search dual encoder (``search``) and the GAN baseline (``gan``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,13 +8,14 @@ import typer
 
 from synthex.cli.boundary import BoundaryGroup
 
-app = typer.Typer(cls=BoundaryGroup, help="Train models: the embedded model from scratch, LoRA adapters, the search dual encoder.",
+app = typer.Typer(cls=BoundaryGroup, help="Train models: the embedded model from scratch, LoRA adapters, the search dual "
+                  "encoder, the GAN baseline.",
                   no_args_is_help=True)
 
 
 @app.callback()
 def _group() -> None:
-    """Train models: the embedded model from scratch (``base``), LoRA adapters (``lora``)."""
+    """Train models: the embedded model from scratch (``base``), LoRA adapters (``lora``), the GAN baseline (``gan``)."""
 
 
 def _set_threads(threads: int | None) -> None:
@@ -199,3 +201,49 @@ def search(
                f"see {out / 'rejects.csv'}); parameters {result.parameters / 1e6:.2f}M")
     typer.echo("held-out: " + ", ".join(f"{k} {v}" for k, v in result.validation.items()))
     typer.echo(f"model: {result.model_dir}; log: {out / 'training_log.csv'}, {out / 'validation.csv'}")
+
+
+@app.command()
+def gan(
+    data: Path = typer.Option(..., "--data", "-d", help="Imagefolder: metadata.csv (file_name,text[,mesh|finding "
+                              "columns,split]) + images, e.g. a 'synthex data prepare' folder of the phantom set."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (config, log, checkpoints, samples/, model/)."),
+    config: Path = typer.Option(None, "--config", "-c", help="GAN YAML (default: the packaged gan_phantom.yaml)."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Training steps (a larger value extends a finished run)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    unconditional: bool = typer.Option(False, "--unconditional", help="No finding labels (plain DCGAN)."),
+    k_disc: int = typer.Option(None, "--k-disc", help="Discriminator updates per generator update (default 1)."),
+    r1: float = typer.Option(None, "--r1", help="R1 penalty gamma (default 0 = off)."),
+    no_spectral_norm: bool = typer.Option(False, "--no-spectral-norm", help="No spectral norm in the discriminator."),
+    seed: int = typer.Option(None, "--seed", help="Seed of initialisation, batches and noise (default 42)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per discriminator batch (default 64)."),
+    resolution: int = typer.Option(None, "--resolution", help="Image side: 32, 64 or 128 (default 64)."),
+    split: str = typer.Option(None, "--split", help="metadata.csv split to train on (default 'train'; 'all' = every row)."),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train the GAN baseline (DCGAN, finding-conditional with a projection discriminator)."""
+    from synthex.train.gan import load_gan_config, train_gan
+
+    overrides = {
+        "max_steps": max_steps, "k_disc": k_disc, "r1_gamma": r1, "seed": seed, "batch_size": batch_size,
+        "arch.resolution": resolution, "arch.conditional": False if unconditional else None,
+        "arch.spectral_norm": False if no_spectral_norm else None, "split": split,
+    }
+    cfg = load_gan_config(config, overrides)
+    if split == "all":
+        cfg.split = None
+    if dry_run:
+        import yaml
+
+        typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return
+    _set_threads(threads)
+    result = train_gan(data, out, cfg, resume=resume, progress=not quiet)
+    typer.echo(f"images: {result.n_images} ({len(result.rejects)} rejected rows, see {out / 'rejects.csv'}); "
+               f"labels: {result.label_source or 'none (unconditional)'}")
+    typer.echo("parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in result.parameters.items()))
+    typer.echo(f"model: {result.model_dir} ({result.steps} steps); samples: {result.samples}; "
+               f"log: {out / 'training_log.csv'}")
+    typer.echo(f"sample it: synthex gan sample --model {result.model_dir} --n 16 --out SAMPLES")

@@ -15,6 +15,12 @@ schedule, min_lr_ratio, weight_decay, grad_clip, checkpoint_every``) and calls
   step once; a non-finite loss stops with a message naming the step and the learning rate;
 - progress: a tqdm bar (``progress=False`` hides it) and a per-step :class:`StepEvent` callback
   that UIs use.
+
+A trainer with several models (a GAN's generator and discriminator) gives ``optimizers`` (named
+torch optimizers; their groups carry ``base_lr`` like ``param_groups``) and a ``step_fn`` that
+does its own updates and returns its metrics; ``optimizer_{name}.safetensors`` then holds each
+optimizer's state and ``log_columns`` names extra CSV columns. Without them nothing changes:
+one AdamW, ``optimizer.safetensors`` and the six log columns.
 """
 from __future__ import annotations
 
@@ -143,12 +149,14 @@ def load_optimizer(optimizer, path: Path) -> None:
 
 
 class TrainingLog:
-    """``training_log.csv``: one row per step and stage, appended and flushed as it goes."""
+    """``training_log.csv``: one row per step and stage, appended and flushed as it goes;
+    ``extra_columns`` (e.g. a GAN's ``d_loss``) follow the six :data:`LOG_COLUMNS`."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, extra_columns: tuple[str, ...] = ()):
         self.path = Path(path)
+        self.columns = LOG_COLUMNS + tuple(extra_columns)
         if not self.path.exists():
-            _write_text(self.path, ",".join(LOG_COLUMNS) + "\n")
+            _write_text(self.path, ",".join(self.columns) + "\n")
 
     def rows(self) -> list[dict[str, str]]:
         with self.path.open(newline="", encoding="utf-8") as fh:
@@ -157,12 +165,16 @@ class TrainingLog:
     def truncate(self, stage: str, last_step: int) -> None:
         """Drop this stage's rows after ``last_step`` (steps redone after a resume)."""
         keep = [r for r in self.rows() if not (r["stage"] == stage and int(r["step"]) > last_step)]
-        lines = [",".join(LOG_COLUMNS)] + [",".join(r[c] for c in LOG_COLUMNS) for r in keep]
+        lines = [",".join(self.columns)] + [",".join(r.get(c) or "" for c in self.columns) for r in keep]
         _write_text(self.path, "\n".join(lines) + "\n")
 
-    def append(self, step: int, stage: str, loss: float, lr: float, seconds: float, n_images: int) -> None:
+    def append(self, step: int, stage: str, loss: float, lr: float, seconds: float, n_images: int,
+               extra: dict[str, float] | None = None) -> None:
+        """One row; ``extra`` holds the values of the extra columns (missing ones are left empty)."""
+        values = [f"{(extra or {})[c]:.6g}" if c in (extra or {}) else "" for c in self.columns[len(LOG_COLUMNS):]]
+        tail = "".join("," + v for v in values)
         with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(f"{step},{stage},{loss:.6g},{lr:.6g},{seconds:.4f},{n_images / max(seconds, 1e-9):.2f}\n")
+            fh.write(f"{step},{stage},{loss:.6g},{lr:.6g},{seconds:.4f},{n_images / max(seconds, 1e-9):.2f}{tail}\n")
 
 
 # =============================================================================================
@@ -201,6 +213,13 @@ class LoopSpec:
     settings: LoopSettings
     ema_decay: float = 0.0
     on_step_end: Callable[[int, dict], None] | None = None  # (step, eval modules)
+    optimizers: dict[str, Any] | None = None
+    """Named optimizers made by the trainer (then ``param_groups`` and ``loss_fn`` are unused)."""
+    step_fn: Callable[[Any, Any, dict[str, Any]], dict[str, float]] | None = None
+    """(indices, generator, optimizers) -> metrics with ``loss``: one step's updates, done by the
+    trainer (zero_grad, backward, clipping, step); needed with ``optimizers``."""
+    batches_per_step: int = 1
+    """Row indices per step = ``batch_size * batches_per_step`` (e.g. k discriminator batches)."""
 
 
 class Ema:
@@ -229,14 +248,26 @@ def _checkpoint_dirs(folder: Path) -> list[Path]:
     return complete_checkpoint_dirs(folder)
 
 
+def optimizer_file(name: str) -> str:
+    """The checkpoint file of an optimizer: ``optimizer.safetensors`` for the single unnamed one."""
+    return f"optimizer_{name}.safetensors" if name else "optimizer.safetensors"
+
+
+def _named(optimizer) -> dict[str, Any]:
+    """``{"": optimizer}`` for a single optimizer, a dict of named optimizers as it is."""
+    return optimizer if isinstance(optimizer, dict) else {"": optimizer}
+
+
 def checkpoint_files(spec: LoopSpec, ema: Ema | None) -> list[str]:
     """The files of a checkpoint of ``spec``."""
     return ([f"{name}.safetensors" for name in spec.modules]
-            + [f"ema_{name}.safetensors" for name in (ema.modules if ema else [])] + ["optimizer.safetensors"])
+            + [f"ema_{name}.safetensors" for name in (ema.modules if ema else [])]
+            + [optimizer_file(name) for name in (spec.optimizers or {"": None})])
 
 
 def save_checkpoint(folder: Path, step: int, spec: LoopSpec, optimizer, ema: Ema | None, keep: int) -> Path:
-    """Write ``folder/step_XXXXXXX`` atomically (temp folder, synced, then renamed); keep the last ``keep``."""
+    """Write ``folder/step_XXXXXXX`` atomically (temp folder, synced, then renamed); keep the last ``keep``.
+    ``optimizer``: one optimizer or a dict of named ones (``spec.optimizers``)."""
     from synthex.train.checkpoints import write_checkpoint
 
     def write(tmp: Path) -> None:
@@ -244,7 +275,8 @@ def save_checkpoint(folder: Path, step: int, spec: LoopSpec, optimizer, ema: Ema
             _save_tensors(module.state_dict(), tmp / f"{name}.safetensors")
         for name, module in (ema.modules.items() if ema else []):
             _save_tensors(module.state_dict(), tmp / f"ema_{name}.safetensors")
-        save_optimizer(optimizer, tmp / "optimizer.safetensors")
+        for name, opt in _named(optimizer).items():
+            save_optimizer(opt, tmp / optimizer_file(name))
 
     return write_checkpoint(folder, step, {"stage": spec.stage}, write, keep)
 
@@ -253,33 +285,73 @@ def restore_checkpoint(folder: Path, spec: LoopSpec, optimizer, ema: Ema | None)
     """Load the newest readable checkpoint of ``folder`` (older ones when the newest is truncated
     or corrupt, with a warning; see :func:`synthex.train.checkpoints.load_latest_checkpoint});
     returns its step (0 when there is none)."""
-    from synthex.train.checkpoints import load_latest_checkpoint
+    from synthex.train.checkpoints import load_latest_checkpoint, read_optimizer_state
 
     def apply(ckpt) -> None:
         for name, module in spec.modules.items():
             module.load_state_dict(ckpt.tensors[name], strict=True)
         for name, module in (ema.modules.items() if ema else []):
             module.load_state_dict(ckpt.tensors[f"ema_{name}"], strict=True)
-        optimizer.load_state_dict(ckpt.optimizer)
+        for name, opt in _named(optimizer).items():
+            opt.load_state_dict(ckpt.optimizer if not name else read_optimizer_state(ckpt.path / optimizer_file(name)))
 
     ckpt = load_latest_checkpoint(folder, checkpoint_files(spec, ema), apply, state_fields={"stage": str},
                                   expect={"stage": spec.stage}, what=spec.stage)
     return ckpt.step if ckpt else 0
 
 
+def _loss_step(spec: LoopSpec, optimizer, params: list, indices, gen, step: int) -> dict[str, float]:
+    """The default step: ``loss_fn``, backward, gradient clipping, one AdamW step."""
+    import torch
+
+    s = spec.settings
+    loss = spec.loss_fn(indices, gen)
+    if not torch.isfinite(loss):
+        raise SynthexError(f"{spec.stage}: loss is {loss.item()} at step {step}; lower the "
+                           f"learning rate ({s.lr}) or resume from the last checkpoint")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if s.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
+    optimizer.step()
+    return {"loss": loss.item()}
+
+
+def _custom_step(spec: LoopSpec, optimizers: dict, indices, gen, step: int) -> dict[str, float]:
+    """A trainer's own step (``step_fn``); every metric must be finite."""
+    metrics = spec.step_fn(indices, gen, optimizers)
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    if bad or "loss" not in metrics:
+        what = ", ".join(f"{k} is {v}" for k, v in bad.items()) or "no 'loss' metric"
+        raise SynthexError(f"{spec.stage}: {what} at step {step}; lower the learning rate "
+                           f"({spec.settings.lr}) or resume from the last checkpoint")
+    return metrics
+
+
+def _optimizers(spec: LoopSpec):
+    """The optimizer(s) of ``spec``: one AdamW over ``param_groups``, or the trainer's named ones."""
+    import torch
+
+    if spec.optimizers is None:
+        return torch.optim.AdamW(spec.param_groups, lr=spec.settings.lr, weight_decay=spec.settings.weight_decay)
+    if spec.step_fn is None:
+        raise ValueError(f"{spec.stage}: LoopSpec.optimizers needs a step_fn")
+    return spec.optimizers
+
+
 def run_loop(spec: LoopSpec, ctx: RunContext) -> dict[str, Any]:
     """Train ``spec`` to ``settings.max_steps`` from its last checkpoint; returns eval modules
     (the EMA copies when EMA is on)."""
-    import torch
     from tqdm.auto import tqdm
 
     s = spec.settings
-    optimizer = torch.optim.AdamW(spec.param_groups, lr=s.lr, weight_decay=s.weight_decay)
+    optimizer = _optimizers(spec)
     ema = Ema(spec.modules, spec.ema_decay) if spec.ema_decay > 0 else None
     folder = ctx.run_dir / "checkpoints" / spec.stage
     start = restore_checkpoint(folder, spec, optimizer, ema)
     ctx.log.truncate(spec.stage, start)
-    order = BatchOrder(ctx.seed, spec.stage, spec.n_items, s.batch_size)
+    n_batch = s.batch_size * spec.batches_per_step
+    order = BatchOrder(ctx.seed, spec.stage, spec.n_items, n_batch)
     params = [p for g in spec.param_groups for p in g["params"]]
     for m in spec.modules.values():
         m.train()
@@ -287,25 +359,22 @@ def run_loop(spec: LoopSpec, ctx: RunContext) -> dict[str, Any]:
     for step in range(start + 1, s.max_steps + 1):
         t0 = time.perf_counter()
         factor = lr_factor(step, s.max_steps, s.warmup_steps, s.schedule, s.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * factor
-        loss = spec.loss_fn(order.indices(step), step_generator(ctx.seed, spec.stage, step))
-        if not torch.isfinite(loss):
-            raise SynthexError(f"{spec.stage}: loss is {loss.item()} at step {step}; lower the "
-                               f"learning rate ({s.lr}) or resume from the last checkpoint")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if s.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
-        optimizer.step()
+        for opt in _named(optimizer).values():
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * factor
+        indices, gen = order.indices(step), step_generator(ctx.seed, spec.stage, step)
+        if spec.step_fn is None:
+            metrics = _loss_step(spec, optimizer, params, indices, gen, step)
+        else:
+            metrics = _custom_step(spec, optimizer, indices, gen, step)
         if ema is not None:
             ema.update(spec.modules, step)
-        seconds, lr = time.perf_counter() - t0, s.lr * factor
-        ctx.log.append(step, spec.stage, loss.item(), lr, seconds, s.batch_size)
+        seconds, lr, loss = time.perf_counter() - t0, s.lr * factor, metrics["loss"]
+        ctx.log.append(step, spec.stage, loss, lr, seconds, n_batch, metrics)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         if ctx.callback is not None:
-            ctx.callback(StepEvent(spec.stage, step, s.max_steps, loss.item(), lr))
+            ctx.callback(StepEvent(spec.stage, step, s.max_steps, loss, lr))
         if step % s.checkpoint_every == 0 or step == s.max_steps:
             save_checkpoint(folder, step, spec, optimizer, ema, ctx.keep_checkpoints)
         if spec.on_step_end is not None:
