@@ -95,7 +95,7 @@ def test_round_trip_tricky_prompts(prompt, negative):
         negative_prompt=negative,
         model='chest, "xl": v1',
         clip_skip=2,
-        extra={"Note": 'a, b: "c"\nd', "Denoising strength": "0.5"},
+        extra={"Note": 'a, b: "c"\nd', "Hires upscale": "2"},  # Denoising strength is a field now
     )
     assert parse_infotext(format_infotext(params)) == _with_version(params)
 
@@ -134,8 +134,8 @@ def test_parse_realistic_a1111_text():
         "all_classes": ("a1b2c3d4e5f6", None),
     }
     assert params.clip_skip == 2  # kept, not dropped
+    assert params.denoising_strength == 0.3  # hires fix's; --from uses it with --init-image only
     assert params.extra == {
-        "Denoising strength": "0.3",
         "Hires upscale": "2",
         "Hires upscaler": "Latent",
         "TI hashes": "BadDream: 758aac443515, easynegative: c74b4e810b03",

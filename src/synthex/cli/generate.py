@@ -20,10 +20,12 @@ from synthex.errors import OutputExistsError, SynthexError
 from synthex.generate.defaults import (
     DEFAULT_CLIP_SKIP,
     DEFAULT_GUIDANCE,
+    DEFAULT_MASK_BLUR,
     DEFAULT_MODEL,
     DEFAULT_N,
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
+    DEFAULT_STRENGTH,
 )
 
 app = typer.Typer(cls=BoundaryGroup, help="Generate synthetic chest X-rays (research use, not diagnosis).",
@@ -140,6 +142,22 @@ def _build_request(prompt: str | None, source: Path | None, fields: dict[str, An
         raise SynthexError("give a PROMPT to generate from, or --from IMG.png to re-generate an image")
     defaults = {k: v for k, v in fields.items() if v is not None}
     return GenerationRequest(prompt=prompt, **defaults), None
+
+
+def _mask_inputs(init_image: Path | None, mask: Path | None, rect: str | None) -> Any:
+    """The ``mask`` of the request: the --mask file, a --mask-rect mask of the init image's size,
+    or None; SynthexError (exit 2) for a bad rectangle or a rectangle without an init image."""
+    if rect is None:
+        return mask
+    from synthex.generate.img2img import read_image
+    from synthex.generate.masks import parse_rect, rect_mask
+
+    if mask is not None:
+        raise SynthexError("give either --mask PATH or --mask-rect x0,y0,x1,y1, not both")
+    if init_image is None:
+        raise SynthexError("--mask-rect needs --init-image: the rectangle is in its pixels")
+    box = parse_rect(rect)
+    return rect_mask(read_image(init_image, "--init-image").size, box)
 
 
 def _warn(text: str) -> None:
@@ -265,8 +283,24 @@ def generate_command(
     allow_download: bool = typer.Option(False, "--allow-download", help="Allow downloading hub models."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     lang: str = typer.Option("auto", "--lang", help=LANG_HELP),
+    init_image: Path = typer.Option(None, "--init-image", help="img2img: start from this image "
+                                    "(its size unless --width/--height, then resized)."),
+    strength: float = typer.Option(None, "--strength", "--denoising-strength",
+                                   show_default=f"{DEFAULT_STRENGTH:g}",
+                                   help="img2img/inpainting strength, 0 < F <= 1 (1 = repaint all)."),
+    mask: Path = typer.Option(None, "--mask", help="Inpainting mask of the init image's size: "
+                              "white = repaint, black = keep."),
+    mask_rect: str = typer.Option(None, "--mask-rect", help="Inpaint the rectangle x0,y0,x1,y1 "
+                                  "(init-image pixels, x1/y1 exclusive) instead of a --mask file."),
+    mask_blur: int = typer.Option(None, "--mask-blur", show_default=str(DEFAULT_MASK_BLUR),
+                                  help="Mask edge blur in pixels."),
+    mask_padding: int = typer.Option(None, "--mask-padding", show_default="whole picture",
+                                     help="Only masked: inpaint the mask's box plus N pixels at "
+                                          "the working size, then paste it back."),
+    invert_mask: bool = typer.Option(False, "--invert-mask", help="Repaint the black part of the mask."),
 ) -> None:
-    """Generate one or a few images and save them (PNG, JPEG or WebP) with A1111 parameters."""
+    """Generate one or a few images and save them (PNG, JPEG or WebP) with A1111 parameters;
+    img2img with --init-image, inpainting with --mask or --mask-rect."""
     from synthex.generate.engine import resolve_seeds
     from synthex.generate.infotext import write_image
 
@@ -274,7 +308,9 @@ def generate_command(
               "schedule_type": schedule_type, "clip_skip": clip_skip,
               "negative_prompt": negative, "width": width, "height": height, "model": model,
               "loras": _loras(lora), "batch_size": batch_size, "device": device, "dtype": dtype,
-              "lang": lang}
+              "lang": lang, "init_image": init_image, "strength": strength,
+              "mask": _mask_inputs(init_image, mask, mask_rect), "mask_blur": mask_blur,
+              "mask_padding": mask_padding, "invert_mask": True if invert_mask else None}
     request, params = _build_request(prompt, source, fields)
     request.validate()
     from synthex.generate.infotext import strip_lora_tags

@@ -47,6 +47,7 @@ from synthex.generate.defaults import (
     DEFAULT_MODEL,
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
+    DEFAULT_STRENGTH,
     DEFAULT_WIDTH,
 )
 from synthex.generate.engine import Engine, GenerationRequest, parse_seed, random_seed
@@ -57,6 +58,9 @@ logger = logging.getLogger(__name__)
 PROMPT_COLUMNS = ("prompt", "text")
 NEGATIVE_COLUMNS = ("negative_prompt", "negative")
 COUNT_COLUMN = "count"
+IMAGE_COLUMNS = ("init_image", "mask", "strength")
+"""Optional img2img/inpainting columns: ``init_image`` and ``mask`` paths (relative to the
+prompts file's folder), ``strength`` (empty: the default). They are also carried as labels."""
 CONFIG_NAME = "synthesize.json"
 RECORDS_DIR = ".synthex"
 IMAGES_DIR = "images"
@@ -110,6 +114,11 @@ class Job:
     seed: int
     file_name: str
     labels: dict[str, Any] = field(default_factory=dict)
+    init_image: str | None = None
+    """Path of the init image (resolved against the prompts file's folder), or None."""
+    mask: str | None = None
+    strength: str | None = None
+    """The row's ``strength`` text (checked by the request), or None for the default."""
 
 
 @dataclass
@@ -299,11 +308,33 @@ def plan_jobs(frame: Any, options: SynthesizeOptions, base_seed: int) -> list[Jo
             raise SynthexError(f"{path}, row {row + 1}, column {prompt_col!r}: empty prompt")
         negative = _text(record[negative_col]) if negative_col else ""
         labels = _labels(record, names)
+        inputs = _image_inputs(record, path)
         for _ in range(count):
             j = len(jobs)
             jobs.append(Job(j, row, prompt, negative or options.negative_prompt, base_seed + j,
-                            f"{IMAGES_DIR}/{j:0{width}d}.png", labels))
+                            f"{IMAGES_DIR}/{j:0{width}d}.png", labels, **inputs))
     return jobs
+
+
+def _image_inputs(record: dict[str, Any], path: Path) -> dict[str, str | None]:
+    """The row's init_image/mask (paths resolved against the prompts file's folder) and
+    strength text; empty cells are None."""
+    out: dict[str, str | None] = {}
+    for column in IMAGE_COLUMNS:
+        text = _text(record.get(column)).strip()
+        if column != "strength" and text:
+            text = str(path.parent / os.path.expanduser(text))
+        out[column] = text or None
+    return out
+
+
+def _strength(text: str | None) -> Any:
+    if text is None:
+        return DEFAULT_STRENGTH
+    try:
+        return float(text)
+    except ValueError:
+        return text  # refused by the request's validation, naming the value
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,7 +487,8 @@ def _request(job: Job, options: SynthesizeOptions, device: str | None) -> Genera
         guidance=options.guidance, seed=job.seed, sampler=options.sampler,
         schedule_type=options.schedule_type, clip_skip=options.clip_skip, width=options.width,
         height=options.height, loras=list(options.loras), model=options.model, n=1,
-        device=device, dtype=options.dtype,
+        device=device, dtype=options.dtype, init_image=job.init_image, mask=job.mask,
+        strength=_strength(job.strength),
     )
 
 
@@ -466,11 +498,13 @@ def check_run(jobs: Sequence[Job], options: SynthesizeOptions, engine: Engine,
     one RequestError/SynthexError naming the row for the first bad one."""
     from synthex.generate.engine import RequestError
 
-    seen: set[tuple[str, str]] = set()
+    _check_image_rows(jobs, options)
+    seen: set[tuple[Any, ...]] = set()
     for job in jobs:
-        if (job.prompt, job.negative_prompt) in seen:
+        key = (job.prompt, job.negative_prompt, job.init_image, job.mask, job.strength)
+        if key in seen:
             continue
-        seen.add((job.prompt, job.negative_prompt))
+        seen.add(key)
         request = _request(job, options, device)
         try:
             request.validate()
@@ -485,6 +519,26 @@ def check_run(jobs: Sequence[Job], options: SynthesizeOptions, engine: Engine,
             except TypeError:
                 error = SynthexError(message)
             raise error from None
+
+
+def _check_image_rows(jobs: Sequence[Job], options: SynthesizeOptions) -> None:
+    """The init_image/mask/strength cells of every row at once: one RequestError listing each
+    rejected row with its reasons and how many rows were rejected (nothing is written)."""
+    from synthex.generate.engine import RequestError
+    from synthex.generate.img2img import check_request
+
+    problems: list[str] = []
+    rows: dict[int, Job] = {job.row: job for job in jobs if job.init_image or job.mask or job.strength}
+    rejected = 0
+    for row, job in rows.items():
+        found = check_request(_request(job, options, None))
+        rejected += bool(found)
+        problems += [f"{Path(options.prompts_file)}, row {row + 1}: {p}" for p in found]
+    if problems:
+        problems.append(f"{rejected} of {len({job.row for job in jobs})} rows rejected (their "
+                        "init_image/mask/strength columns); fix them and run again, nothing was "
+                        "written")
+        raise RequestError(problems)
 
 
 def _record(job: Job, params: Any) -> dict[str, Any]:

@@ -20,6 +20,10 @@ DEFAULT_CLIP_SKIP = 1
 """A1111's "Clip skip": 1 = the usual text-encoder layer."""
 DEFAULT_MODEL = "embedded"
 """Model preset: the small grayscale model shipped in the package."""
+DEFAULT_STRENGTH = 0.75
+"""img2img/inpainting denoising strength (``--strength``): 0 keeps the init image, 1 repaints it."""
+DEFAULT_MASK_BLUR = 4
+"""Inpainting mask blur in pixels (``--mask-blur``), A1111's default."""
 DEFAULT_WIDTH: int | None = None
 DEFAULT_HEIGHT: int | None = None
 """None: the model's native size."""
@@ -30,4 +34,5 @@ APP_GUIDANCE = 7.5
 CLI's; see docs/ui.md. Everything else in the app uses the defaults above."""
 
 __all__ = ["APP_GUIDANCE", "APP_STEPS", "DEFAULT_CLIP_SKIP", "DEFAULT_GUIDANCE", "DEFAULT_HEIGHT",
-           "DEFAULT_MODEL", "DEFAULT_N", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "DEFAULT_WIDTH"]
+           "DEFAULT_MASK_BLUR", "DEFAULT_MODEL", "DEFAULT_N", "DEFAULT_SAMPLER", "DEFAULT_STEPS",
+           "DEFAULT_STRENGTH", "DEFAULT_WIDTH"]

@@ -8,7 +8,8 @@ The CLI, the web app and batch jobs all call :meth:`Engine.generate`. It
    swapped or re-scaled in place; switching models frees the previous one);
 4. encodes the prompts with AUTOMATIC1111 weighting and 75-token chunks
    (:func:`~synthex.generate.weighting.prompt_embeds_for_pipeline`);
-5. denoises with the chosen sampler, one ``torch.Generator`` (on the CPU) per image seeded
+5. denoises with the chosen sampler (img2img and inpainting from an ``init_image``/``mask``:
+   :mod:`synthex.generate.img2img`), one ``torch.Generator`` (on the CPU) per image seeded
    ``seed + k``; images are made ``batch_size`` at a time (default 1, so image k is bit-identical
    whatever ``n``);
 6. decodes the latents itself so NaN/black images from a half-precision VAE are caught and
@@ -34,10 +35,12 @@ from synthex.generate.defaults import (
     DEFAULT_CLIP_SKIP,
     DEFAULT_GUIDANCE,
     DEFAULT_HEIGHT,
+    DEFAULT_MASK_BLUR,
     DEFAULT_MODEL,
     DEFAULT_N,
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
+    DEFAULT_STRENGTH,
     DEFAULT_WIDTH,
 )
 from synthex.generate.infotext import GenerationParameters
@@ -93,7 +96,14 @@ class GenerationRequest:
     (A1111 syntax) and are removed from the text the model reads; a LoRA given both ways is
     loaded once, with the scale of ``loras``. ``schedule_type`` (automatic, karras,
     exponential, ...) overrides the schedule named by ``sampler``; ``clip_skip`` is A1111's
-    "Clip skip" (1 = the usual layer, 2 = one earlier)."""
+    "Clip skip" (1 = the usual layer, 2 = one earlier).
+
+    img2img and inpainting (:mod:`synthex.generate.img2img`): ``init_image`` (a path or a PIL
+    image) starts from that image, changed by ``strength`` (0 < strength <= 1); ``mask`` (white =
+    repaint, black = keep; the init image's size) repaints part of it, blended back through the
+    mask blurred by ``mask_blur`` pixels; ``mask_padding`` set inpaints only the mask's bounding
+    box plus that padding at the working size (A1111's "Only masked"); ``invert_mask`` repaints
+    the black part. Without ``width``/``height`` the init image's size is the working size."""
 
     prompt: str
     negative_prompt: str = ""
@@ -115,6 +125,12 @@ class GenerationRequest:
     """Language of the prompts: "auto" maps Russian/Ukrainian (Cyrillic) text to English through
     the glossary (:mod:`synthex.text.lang`) and refuses transliterated text; "en" passes the
     text unchanged; "ru"/"uk" force that glossary."""
+    init_image: Any = None
+    strength: float = DEFAULT_STRENGTH
+    mask: Any = None
+    mask_blur: int = DEFAULT_MASK_BLUR
+    mask_padding: int | None = None
+    invert_mask: bool = False
 
     def validate(self) -> None:
         """Raise :class:`RequestError` listing every bad value (nothing is corrected silently)."""
@@ -129,6 +145,9 @@ class GenerationRequest:
             _check_lang(self.lang),
         ) if p]
         problems += _check_loras(self.loras)
+        from synthex.generate.img2img import check_request
+
+        problems += check_request(self)
         if problems:
             raise RequestError(problems)
 
@@ -550,7 +569,8 @@ class Engine:
         timings: dict[str, float] = {}
         loaded = self.load(request.model, request.loras, request.device, request.dtype)
         timings["load"] = time.perf_counter() - start
-        width, height = _size(request, loaded)
+        source = _init_source(request, loaded)
+        width, height = source.size if source is not None else _size(request, loaded)
         seeds, drawn = resolve_seeds(request.seed, request.n)
         if drawn:
             logger.info("random seed %d", seeds[0])
@@ -563,9 +583,12 @@ class Engine:
         batches = [seeds[i:i + request.batch_size] for i in range(0, len(seeds), request.batch_size)]
         for index, batch in enumerate(batches):
             progress = _Progress(callback, index, len(batches))
-            images += self._run_batch(loaded, request, embeds, batch, (width, height), progress, timings)
+            images += self._run_batch(loaded, request, embeds, batch, (width, height), progress, timings,
+                                      source)
         timings["total"] = time.perf_counter() - start
         params = [self.parameters(original, loaded, seed, width, height) for seed in seeds]
+        for p in params if source is not None else ():
+            source.annotate(p)
         if lang_fields:
             from synthex.generate.infotext import with_lora_tags
 
@@ -577,12 +600,17 @@ class Engine:
 
     def _run_batch(self, loaded: Any, request: GenerationRequest, embeds: dict[str, torch.Tensor],
                    seeds: list[int], size: tuple[int, int], progress: _Progress,
-                   timings: dict[str, float]) -> list[Any]:
+                   timings: dict[str, float], source: Any = None) -> list[Any]:
         def attempt() -> list[Any]:
             tick = time.perf_counter()
-            latents = _denoise(loaded, request, embeds, seeds, size, progress)
+            if source is None:
+                latents = _denoise(loaded, request, embeds, seeds, size, progress)
+            else:  # img2img / inpainting (synthex.generate.img2img)
+                latents = source.denoise(loaded, request, embeds, seeds, progress)
             mid = time.perf_counter()
             images = decode_latents(loaded, latents)
+            if source is not None:
+                images = source.finish(images)
             timings["denoise"] += mid - tick
             timings["decode"] += time.perf_counter() - mid
             return images
@@ -635,6 +663,13 @@ class _Progress:
             per = int(getattr(pipe, "num_timesteps", 0) or 0) or i + 1
             self.callback(self.batch * per + i + 1, per * self.n_batches, kwargs.get("latents"))
         return kwargs
+
+
+def _init_source(request: GenerationRequest, loaded: Any) -> Any:
+    """The prepared init image and mask (:func:`synthex.generate.img2img.prepare`), or None."""
+    from synthex.generate.img2img import prepare
+
+    return prepare(request, loaded)
 
 
 def _size(request: GenerationRequest, loaded: Any) -> tuple[int, int]:
@@ -760,7 +795,9 @@ def request_from_parameters(params: GenerationParameters, **overrides: Any) -> G
     override holds the same LoRA). A stored sampler or schedule type this installation cannot
     run is only an error when no ``sampler`` override replaces it. A ``Clip skip`` that is not a
     whole number >= 1 is refused rather than dropped. ``Seed: -1`` (A1111's "random") draws a
-    new random seed, reported back.
+    new random seed, reported back. An image made by img2img/inpainting (``Init image hash``,
+    ``Mask hash``) needs ``init_image`` (and ``mask``) overrides of the same pixels; its
+    strength and mask settings are kept (:func:`~synthex.generate.img2img.fields_from_parameters`).
     """
     from synthex.generate.infotext import lora_tags
     from synthex.generate.samplers import get_sampler, sampler_from_infotext
@@ -791,6 +828,9 @@ def request_from_parameters(params: GenerationParameters, **overrides: Any) -> G
         logger.warning("the parameters hold Seed %d (random): a new random seed is drawn",
                        params.seed)
         fields["seed"] = None
+    from synthex.generate.img2img import fields_from_parameters
+
+    fields.update(fields_from_parameters(params, overrides))
     fields.update({key: value for key, value in overrides.items() if value is not None})
     return GenerationRequest(**fields)
 

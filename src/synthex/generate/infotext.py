@@ -36,6 +36,13 @@ PARAMETERS_KEY = "parameters"
 _KNOWN_KEYS = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash",
                "Model", "Clip skip", "Lora hashes", "Lora scales", "Version")
 _FIELD_KEYS = _KNOWN_KEYS[:9]
+_IMG2IMG_KEYS = ("Denoising strength", "Init image hash", "Mask hash", "Mask blur", "Mask mode",
+                 "Inpaint area", "Masked area padding")
+"""img2img/inpainting fields: A1111's ``Denoising strength``, ``Mask blur``, ``Mask mode: Inpaint
+not masked``, ``Inpaint area: Only masked`` + ``Masked area padding``, and our hashes."""
+_ONLY_MASKED, _NOT_MASKED = "Only masked", "Inpaint not masked"
+A1111_MASK_PADDING = 32
+"""A1111's "Masked area padding" when a file says "Only masked" without one."""
 _KEY = r"\w[\w \-/]*"
 _PAIR = re.compile(rf'\s*({_KEY}):\s*("(?:\\.|[^\\"])*"|[^,]*)\s*(?:,|$)')
 _KEY_FULL = re.compile(rf"{_KEY}")
@@ -66,6 +73,18 @@ class GenerationParameters:
     """LoRA name -> (short hash, scale)."""
     extra: dict[str, str] = field(default_factory=dict)
     """Other ``Key: value`` fields, in order (e.g. ``Clip skip``, ``Version`` of a foreign file)."""
+    denoising_strength: float | None = None
+    """img2img/inpainting strength (A1111's "Denoising strength")."""
+    init_image_hash: str | None = None
+    """10 hex digits of the SHA-256 of the init image's pixels (``Init image hash``)."""
+    mask_hash: str | None = None
+    """The same for the inpainting mask (``Mask hash``); None without a mask."""
+    mask_blur: int | None = None
+    """Inpainting mask blur in pixels (A1111's "Mask blur")."""
+    mask_padding: int | None = None
+    """"Only masked" padding (A1111's "Inpaint area: Only masked, Masked area padding: N")."""
+    invert_mask: bool = False
+    """Repaint the black part (A1111's "Mask mode: Inpaint not masked")."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,6 +124,19 @@ def _lora_fields(loras: dict[str, tuple[str | None, float | None]]) -> dict[str,
     return out
 
 
+def _mask_fields(params: GenerationParameters) -> dict[str, str]:
+    """A1111's inpainting fields (its ``extra_generation_params``, before the LoRA fields)."""
+    out = {}
+    if params.mask_blur is not None:
+        out["Mask blur"] = str(int(params.mask_blur))
+    if params.invert_mask:
+        out["Mask mode"] = _NOT_MASKED
+    if params.mask_padding is not None:
+        out["Inpaint area"] = _ONLY_MASKED
+        out["Masked area padding"] = str(int(params.mask_padding))
+    return out
+
+
 def parameter_fields(params: GenerationParameters) -> dict[str, str]:
     """The ``Key: value`` fields of the last infotext line, in A1111's order, unquoted."""
     fields: dict[str, Any] = {
@@ -116,18 +148,23 @@ def parameter_fields(params: GenerationParameters) -> dict[str, str]:
         "Size": None,
         "Model hash": params.model_hash,
         "Model": params.model,
+        "Denoising strength": None if params.denoising_strength is None
+        else _number(params.denoising_strength),
         "Clip skip": params.clip_skip if params.clip_skip not in (None, 1) else None,
+        "Init image hash": params.init_image_hash,
+        "Mask hash": params.mask_hash,
     }
     if params.width is not None and params.height is not None:
         fields["Size"] = f"{int(params.width)}x{int(params.height)}"
     fields = {k: str(v) for k, v in fields.items() if v not in (None, "")}
     for key, value in params.extra.items():
-        if key in fields or key in _FIELD_KEYS:
+        if key in fields or key in _FIELD_KEYS or key in _IMG2IMG_KEYS:
             raise ValueError(f"extra key {key!r} duplicates a GenerationParameters field")
         if not _KEY_FULL.fullmatch(key):
             raise ValueError(f"extra key {key!r} must be letters, digits, spaces, '-', '/', '_'")
         if key != "Version":
             fields[key] = str(value)
+    fields.update(_mask_fields(params))
     fields.update(_lora_fields(params.loras))
     fields["Version"] = str(params.extra.get("Version", f"synthex-{__version__}"))
     return fields
@@ -231,7 +268,8 @@ def parse_fields(line: str) -> dict[str, str] | None:
 
 def _is_parameter_line(fields: dict[str, str] | None) -> bool:
     # A1111 asks for 3 fields; a known key also counts, so a minimal "Steps: 20, Version: x" does.
-    return bool(fields) and (len(fields) >= 3 or any(k in _KNOWN_KEYS for k in fields))
+    return bool(fields) and (len(fields) >= 3 or any(k in _KNOWN_KEYS or k in _IMG2IMG_KEYS
+                                                     for k in fields))
 
 
 def _split_prompts(lines: list[str]) -> tuple[str, str]:
@@ -297,6 +335,55 @@ def _parse_loras(fields: dict[str, str], prompt: str) -> dict[str, tuple[str | N
     return {name: (hashes.get(name) or None, scales.get(name)) for name in names}
 
 
+def _pop_converted(fields: dict[str, str], key: str, convert: Any) -> Any:
+    """``convert(fields[key])``, the key removed; a value that does not convert stays."""
+    if key not in fields:
+        return None
+    try:
+        value = convert(fields[key])
+    except ValueError:
+        logger.warning("infotext field %s: %r is not a valid value; kept in extra", key, fields[key])
+        return None
+    del fields[key]
+    return value
+
+
+def _whole_at_least_0(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def _hash_text(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{6,64}", text.strip()):
+        raise ValueError(text)
+    return text.strip().lower()
+
+
+def _parse_img2img(fields: dict[str, str], params: GenerationParameters) -> None:
+    """Move the img2img/inpainting fields (and the aliases ``Mask padding``, ``Inverted mask``)
+    out of ``fields`` into ``params``; "Masked area padding" counts with "Only masked" only."""
+    params.denoising_strength = _pop_converted(fields, "Denoising strength", float)
+    params.init_image_hash = _pop_converted(fields, "Init image hash", _hash_text)
+    params.mask_hash = _pop_converted(fields, "Mask hash", _hash_text)
+    params.mask_blur = _pop_converted(fields, "Mask blur", _whole_at_least_0)
+    area = fields.pop("Inpaint area", None)
+    padding = _pop_converted(fields, "Masked area padding", _whole_at_least_0)
+    alias = _pop_converted(fields, "Mask padding", _whole_at_least_0)
+    if area == _ONLY_MASKED:
+        params.mask_padding = A1111_MASK_PADDING if padding is None else padding
+    elif alias is not None:
+        params.mask_padding = alias
+    elif area not in (None, "Whole picture"):
+        fields["Inpaint area"] = area
+    mode = fields.pop("Mask mode", None)
+    inverted = fields.pop("Inverted mask", None)
+    params.invert_mask = mode == _NOT_MASKED or (inverted or "").strip().lower() in ("true", "1", "yes")
+    if mode not in (None, _NOT_MASKED, "Inpaint masked"):
+        fields["Mask mode"] = mode
+
+
 def parse_infotext(text: str) -> GenerationParameters:
     """Read an A1111 ``parameters`` text (ours or A1111's). Multi-line prompts are kept, quoted
     values unquoted, unknown keys (and values that do not convert) go to ``extra``."""
@@ -309,6 +396,7 @@ def parse_infotext(text: str) -> GenerationParameters:
     prompt, negative = _split_prompts(lines)
     params = GenerationParameters(prompt=prompt, negative_prompt=negative)
     params.loras = _parse_loras(fields, prompt)
+    _parse_img2img(fields, params)
     for key, value in fields.items():
         if not _convert(params, key, value):
             params.extra[key] = value

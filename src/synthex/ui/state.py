@@ -458,7 +458,8 @@ def as_mapping(params: Any) -> Mapping[str, Any]:
     """GenerationParameters as a plain dict for display."""
     from dataclasses import asdict
 
-    return {k: v for k, v in asdict(params).items() if v not in (None, "", {}, [])}
+    return {k: v for k, v in asdict(params).items()
+            if v not in (None, "", {}, []) and v is not False}  # invert_mask False: not shown
 
 
 def make_engine() -> Any:
