@@ -13,7 +13,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import streamlit as st
 
@@ -501,12 +501,16 @@ def main() -> None:
         st.header(t("params_header"))
         params = parameter_section()
     loaded = st.session_state.get("active") is not None
-    names = ("tab_generate", "tab_compare", "tab_info", "tab_history", "tab_search")
+    names = ("tab_generate", "tab_img2img", "tab_inpaint", "tab_compare", "tab_info", "tab_history", "tab_search")
     tabs = st.tabs([t(k) for k in names])
+    from synthex.ui.edit_tab import edit_tab
     from synthex.ui.search_tab import search_tab
 
-    bodies = (lambda: generate_tab(params, loaded), lambda: compare_tab(params, loaded), lambda: info_tab(loaded),
-              history_tab, search_tab)
+    def edit(mode: str) -> Callable[[], None]:
+        return lambda: edit_tab(mode, params, loaded, controls, run_engine, show_gallery)
+
+    bodies = (lambda: generate_tab(params, loaded), edit("img2img"), edit("inpaint"),
+              lambda: compare_tab(params, loaded), lambda: info_tab(loaded), history_tab, search_tab)
     for tab, key, body in zip(tabs, names, bodies):
         with tab, guard(f"The {t(key)} tab"):
             body()
