@@ -152,7 +152,9 @@ def test_load_generate_download_in_chromium(server, browser):
 
     # PNG info tab: upload the downloaded file, its parameters are shown
     browser.find_element(By.XPATH, "//*[@role='tab'][normalize-space(.)='PNG info']").click()
-    browser.find_element(By.CSS_SELECTOR, "input[type='file']").send_keys(str(target))
+    # the PNG info uploader by its label: the img2img / Inpaint tabs have file inputs of their own
+    browser.find_element(By.XPATH, "//*[@data-testid='stFileUploader'][.//*[contains(., 'Upload a PNG made by')]]"
+                                   "//input[@type='file']").send_keys(str(target))
     wait_text(browser, "Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras")
     button(browser, "Regenerate")  # enabled: a model is loaded
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from PIL import Image
 
 from synthex.errors import ImageReadError, SynthexError
 from synthex.phantom.classifier import PHANTOM_LABELS, finding_labels
+from synthex.phantom.labels import text_findings  # one reader of findings in text, shared with the GAN
 
 log = logging.getLogger(__name__)
 
@@ -189,22 +189,6 @@ def available_label_sources(columns) -> list[str]:
     return out
 
 
-_SENTENCE = re.compile(r"(?<=[.;!?])\s+|\n+")
-
-
-def text_findings(text: str):
-    """Findings named in free text, sentence by sentence; (findings, sentences not understood)."""
-    from synthex.phantom.findings import parse_findings
-
-    found, unparsed = [], 0
-    for sentence in _SENTENCE.split(text or ""):
-        if not sentence.strip():
-            continue
-        try:
-            found.extend(f for f in parse_findings(sentence) if f.name != "normal")
-        except SynthexError:
-            unparsed += 1
-    return found, unparsed
 
 
 def _labels_from(frame, source: str, names: tuple[str, ...]) -> tuple[np.ndarray, int]:
