@@ -139,21 +139,13 @@ def _typed_values(values: dict, where: str) -> dict:
 def load_gan_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> GanConfig:
     """Read a YAML config (default: the packaged ``gan_phantom.yaml``) and apply ``overrides``
     (dotted keys such as ``{"arch.conditional": False, "max_steps": 10}``; None values ignored)."""
-    from synthex.train.scratch import read_config_file
+    from synthex.train.scratch import apply_overrides, read_config_file
 
     path = Path(path) if path is not None else DEFAULT_CONFIG
     values = read_config_file(path)
     where = f"config file {path}: "
     _typed_values(copy.deepcopy(values), where)
-    given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    for key, value in given.items():
-        *parents, leaf = key.split(".")
-        node = values
-        for part in parents:
-            if not isinstance(node.get(part, {}), dict):
-                raise ConfigError(f"{where}{part} must be a mapping of {part}.* settings")
-            node = node.setdefault(part, {})
-        node[leaf] = value
+    given = apply_overrides(values, overrides, where)
     return GanConfig.from_dict(values, "" if given else where)
 
 

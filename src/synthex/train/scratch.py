@@ -374,6 +374,13 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     values = read_config_file(path)
     where = f"config file {path}: "
     _typed_values(copy.deepcopy(values), where)  # keys and types of the file, named with the file
+    given = apply_overrides(values, overrides, where)
+    return ScratchConfig.from_dict(values, "" if given else where)
+
+
+def apply_overrides(values: dict, overrides: dict | None, where: str) -> dict[str, Any]:
+    """Set dotted ``overrides`` (``{"vae.max_steps": 10}``; None values = unset CLI options,
+    ignored) in the nested config ``values``; returns the overrides that were applied."""
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     for key, value in given.items():
         *parents, leaf = key.split(".")
@@ -383,7 +390,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
                 raise ConfigError(f"{where}{part} must be a mapping of {part}.* settings")
             node = node.setdefault(part, {})
         node[leaf] = value
-    return ScratchConfig.from_dict(values, "" if given else where)
+    return given
 
 
 def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
