@@ -15,6 +15,7 @@ from synthex.cli import data as data_cli
 from synthex.cli import evaluate as evaluate_cli
 from synthex.cli import gan as gan_cli
 from synthex.cli import generate as generate_cli
+from synthex.cli import note as note_cli
 from synthex.cli import phantom as phantom_cli
 from synthex.cli import search as search_cli
 from synthex.cli import train as train_cli
@@ -35,6 +36,7 @@ app.add_typer(train_cli.app, name="train")
 app.add_typer(search_cli.app, name="search")
 app.add_typer(gan_cli.app, name="gan")
 generate_cli.register(app)
+note_cli.register(app)
 ui_cli.register(app)
 evaluate_cli.register(app)
 

@@ -1,5 +1,5 @@
 """``synthex train``: the embedded model from scratch (``base``), LoRA fine-tuning (``lora``), the
-search dual encoder (``search``) and the GAN baseline (``gan``)."""
+search dual encoder (``search``), the GAN baseline (``gan``) and the note models (``note``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -247,3 +247,53 @@ def gan(
     typer.echo(f"model: {result.model_dir} ({result.steps} steps); samples: {result.samples}; "
                f"log: {out / 'training_log.csv'}")
     typer.echo(f"sample it: synthex gan sample --model {result.model_dir} --n 16 --out SAMPLES")
+
+
+@app.command()
+def note(
+    data: str = typer.Option("iu", "--data", "-d", help="'iu' (the bundled IU X-ray reports, split by patient), "
+                             "'iu:FOLDER' (a Kaggle/Open-i IU X-ray folder) or a CSV with diagnosis and note columns."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (config, log, checkpoints, tokenizer, model/)."),
+    config: Path = typer.Option(None, "--config", "-c", help="Note YAML (default: the packaged note_iu.yaml)."),
+    model: str = typer.Option(None, "--model", help="diffusion (default) or ar (the GPT-2 baseline)."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Training steps (a larger value extends a finished run)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    diagnosis_column: str = typer.Option(None, "--diagnosis-column", help="CSV column of the diagnoses."),
+    note_column: str = typer.Option(None, "--note-column", help="CSV column of the notes."),
+    conditioning: str = typer.Option(None, "--conditioning", help="Diffusion: cross (cross-attention) or prefix."),
+    no_self_condition: bool = typer.Option(False, "--no-self-condition", help="Diffusion: no self-conditioning."),
+    objective: str = typer.Option(None, "--objective", help="Diffusion: x0 (default) or eps."),
+    seed: int = typer.Option(None, "--seed", help="Seed of initialisation, batches and noise (default 42)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Pairs per step (default 32)."),
+    set_values: list[str] = typer.Option(None, "--set", help="KEY=VALUE config override (dotted, e.g. arch.layers=2)."),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train a diagnosis -> note model: text diffusion over token embeddings, or the GPT-2 baseline."""
+    import yaml
+
+    from synthex.train.note import load_note_config, train_note
+
+    overrides = {"model": model, "max_steps": max_steps, "diagnosis_column": diagnosis_column,
+                 "note_column": note_column, "seed": seed, "batch_size": batch_size,
+                 "arch.conditioning": conditioning, "arch.objective": objective,
+                 "arch.self_condition": False if no_self_condition else None}
+    for item in set_values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            from synthex.errors import ConfigError
+
+            raise ConfigError(f"--set {item!r} must be KEY=VALUE, e.g. --set arch.layers=2")
+        overrides[key.strip()] = yaml.safe_load(value)
+    cfg = load_note_config(config, overrides)
+    if dry_run:
+        typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return
+    _set_threads(threads)
+    result = train_note(data, out, cfg, resume=resume, progress=not quiet)
+    typer.echo(f"pairs: {result.n_pairs} train ({len(result.rejects)} rejected rows, see {out / 'rejects.csv'}; "
+               f"{result.truncated} notes longer than arch.max_len were cut); vocabulary {result.vocab_size}; "
+               f"parameters {result.parameters / 1e6:.2f}M")
+    typer.echo(f"model: {result.model_dir} ({result.steps} steps); log: {out / 'training_log.csv'}")
+    typer.echo(f"use it: synthex note 'Cardiomegaly/mild' --model {result.model_dir}")

@@ -121,7 +121,13 @@ def _save_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = N
 
     from synthex.io import atomic_write
 
-    data = save({k: v.detach().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    out, seen = {}, set()
+    for key, value in tensors.items():  # tied weights (a GPT-2's lm_head = wte) are stored twice
+        value = value.detach()
+        pointer = value.untyped_storage().data_ptr()
+        out[key] = (value.clone() if pointer in seen else value).contiguous()
+        seen.add(pointer)
+    data = save(out, metadata=metadata)
     atomic_write(Path(path), lambda fh: fh.write(data))
 
 

@@ -827,8 +827,10 @@ TRAINERS = {
     "lora": ("LoRA training folder", "synthex train lora"),
     "search": ("search-model training folder", "synthex train search"),
     "gan": ("GAN training folder", "synthex train gan"),
+    "note": ("note-model training folder", "synthex train note"),
 }
-_KIND_TO_TRAINER = {"training run": "base", "LoRA run": "lora", "search training run": "search", "GAN run": "gan"}
+_KIND_TO_TRAINER = {"training run": "base", "LoRA run": "lora", "search training run": "search", "GAN run": "gan",
+                    "note training run": "note"}
 
 
 def read_run_file(path: Path, *, error: type[SynthexError] = SynthexError) -> Any:
@@ -851,7 +853,8 @@ def read_run_file(path: Path, *, error: type[SynthexError] = SynthexError) -> An
 
 
 def run_folder_kind(run_dir: Path) -> str | None:
-    """Which trainer made ``run_dir``: "base", "lora", "search", "gan", or None (not a run folder).
+    """Which trainer made ``run_dir``: "base", "lora", "search", "gan", "note", or None (not a run
+    folder).
 
     ``state.json`` names it (``"trainer"``) in folders made by this version; older folders are
     recognised by the keys of their ``config.yaml``."""
