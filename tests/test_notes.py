@@ -350,3 +350,49 @@ def test_bad_inputs_exit_2_with_one_line(args, message, trained, tmp_path, monke
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------------------------- pretrained
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A tiny BERT (WordPiece vocabulary of the test notes' words) saved as a local HF folder."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("bert") / "tiny-clinicalbert"
+    folder.mkdir()
+    words = sorted({w.strip(".,").lower() for _, n in PAIRS for w in n.split()} | {"heart", "##s", "effusion"})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "/", ";", *words]
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(str(folder))
+    return folder
+
+
+def test_embeddings_from_a_local_pretrained_encoder(notes_csv, tiny_bert, tmp_path):
+    from synthex.notes.data import load_tokenizer
+    from synthex.notes.pretrained import word_vectors
+    from synthex.train.note import _build
+
+    cfg = config(pretrained_embeddings=str(tiny_bert))
+    result = train(notes_csv, tmp_path / "run", pretrained_embeddings=str(tiny_bert))
+    assert result.steps == 4
+    tok = load_tokenizer(tmp_path / "run" / "tokenizer.json")
+    module = _build(cfg, tok)
+    words = [tok.id_to_token(i) for i in range(6, tok.get_vocab_size())]
+    want = word_vectors(tiny_bert, words, cfg.model_arch().emb_dim)
+    assert torch.allclose(module.embedding.weight[6:], want)
+    assert torch.allclose(want.std(0), torch.ones(want.shape[1]), atol=1e-4)  # the scale the noise assumes
+    plain = _build(config(), tok)
+    assert not torch.allclose(plain.embedding.weight[6:], want)
+
+
+def test_missing_pretrained_encoder_is_one_clear_error(notes_csv, tiny_bert, tmp_path):
+    with pytest.raises(SynthexError, match="does not exist.*nothing is downloaded"):
+        train(notes_csv, tmp_path / "a", pretrained_embeddings=str(tmp_path / "nope"))
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_bytes((tiny_bert / "config.json").read_bytes())
+    with pytest.raises(SynthexError, match="lacks model.safetensors"):
+        train(notes_csv, tmp_path / "b", pretrained_embeddings=str(partial))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

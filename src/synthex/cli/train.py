@@ -263,6 +263,8 @@ def note(
     conditioning: str = typer.Option(None, "--conditioning", help="Diffusion: cross (cross-attention) or prefix."),
     no_self_condition: bool = typer.Option(False, "--no-self-condition", help="Diffusion: no self-conditioning."),
     objective: str = typer.Option(None, "--objective", help="Diffusion: x0 (default) or eps."),
+    pretrained_embeddings: str = typer.Option(None, "--pretrained-embeddings", help="A local BERT-style folder "
+                                              "(e.g. ClinicalBERT) to initialise the token embeddings from."),
     seed: int = typer.Option(None, "--seed", help="Seed of initialisation, batches and noise (default 42)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Pairs per step (default 32)."),
     set_values: list[str] = typer.Option(None, "--set", help="KEY=VALUE config override (dotted, e.g. arch.layers=2)."),
@@ -278,7 +280,8 @@ def note(
     overrides = {"model": model, "max_steps": max_steps, "diagnosis_column": diagnosis_column,
                  "note_column": note_column, "seed": seed, "batch_size": batch_size,
                  "arch.conditioning": conditioning, "arch.objective": objective,
-                 "arch.self_condition": False if no_self_condition else None}
+                 "arch.self_condition": False if no_self_condition else None,
+                 "pretrained_embeddings": pretrained_embeddings}
     for item in set_values or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():

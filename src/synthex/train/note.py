@@ -48,6 +48,7 @@ class NoteConfig:
     diagnosis_column: str = "diagnosis"
     note_column: str = "note"
     min_count: int = 2
+    pretrained_embeddings: str | None = None  # a local BERT-style folder (ClinicalBERT...) to initialise them
     max_steps: int = 4000
     batch_size: int = 32
     lr: float = 5e-4
@@ -203,16 +204,33 @@ class NoteTrainResult:
     steps: int
 
 
-def _build(cfg: NoteConfig, vocab: int):
+def _build(cfg: NoteConfig, tok):
+    """The model, seeded (the global random state untouched), its token embeddings optionally
+    initialised from ``pretrained_embeddings`` (:mod:`synthex.notes.pretrained`)."""
     import torch
 
     from synthex.notes.ar import build_ar
     from synthex.notes.diffusion import build_denoiser
 
+    vocab, arch = tok.get_vocab_size(), cfg.model_arch()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derived_seed(cfg.seed, "note-init"))
-        arch = cfg.model_arch()
-        return build_denoiser(arch, vocab) if cfg.model == "diffusion" else build_ar(arch, vocab)
+        module = build_denoiser(arch, vocab) if cfg.model == "diffusion" else build_ar(arch, vocab)
+    if cfg.pretrained_embeddings:
+        from synthex.notes.pretrained import initialise_embeddings
+
+        target = module if cfg.model == "diffusion" else _WteView(module)
+        dim = arch.emb_dim if cfg.model == "diffusion" else arch.n_embd
+        n = initialise_embeddings(target, tok, cfg.pretrained_embeddings, dim)
+        logger.info("note: %d token embeddings initialised from %s", n, cfg.pretrained_embeddings)
+    return module
+
+
+class _WteView:
+    """A GPT-2 seen as having ``.embedding`` (its tied input/output word embeddings)."""
+
+    def __init__(self, module):
+        self.embedding = module.transformer.wte
 
 
 def _loss_fn(module, data: NoteTensors, cfg: NoteConfig, metrics: dict) -> Callable:
@@ -244,6 +262,10 @@ def train_note(data: str | Path, run_dir: Path, config: NoteConfig | None = None
     run_dir = Path(run_dir)
     kwargs = {} if str(data).startswith("iu") else {"diagnosis_column": cfg.diagnosis_column,
                                                     "note_column": cfg.note_column, "seed": cfg.seed}
+    if cfg.pretrained_embeddings:
+        from synthex.notes.pretrained import check_encoder_folder
+
+        check_encoder_folder(cfg.pretrained_embeddings)  # before anything is written
     pairs = load_pairs(data, **kwargs)
     train = pairs.split("train")
     if not train:
@@ -256,7 +278,7 @@ def train_note(data: str | Path, run_dir: Path, config: NoteConfig | None = None
     _write_text(run_dir / "data.json", json.dumps({"source": pairs.source, "train_pairs": len(train),
                                                    "rejects": len(pairs.rejects), "truncated": tensors.truncated,
                                                    "vocab_size": tok.get_vocab_size()}, indent=1))
-    module = _build(cfg, tok.get_vocab_size())
+    module = _build(cfg, tok)
     metrics: dict[str, float] = {}
     loss_fn = _loss_fn(module, tensors, cfg, metrics)
     spec = LoopSpec(STAGE, {"model": module}, [{"params": list(module.parameters()), "base_lr": cfg.lr}],

@@ -501,16 +501,19 @@ def main() -> None:
         st.header(t("params_header"))
         params = parameter_section()
     loaded = st.session_state.get("active") is not None
-    names = ("tab_generate", "tab_img2img", "tab_inpaint", "tab_compare", "tab_info", "tab_history", "tab_search")
+    names = ("tab_generate", "tab_img2img", "tab_inpaint", "tab_compare", "tab_info", "tab_history", "tab_search",
+             "tab_notes")
     tabs = st.tabs([t(k) for k in names])
     from synthex.ui.edit_tab import edit_tab
+    from synthex.ui.notes_tab import notes_tab
     from synthex.ui.search_tab import search_tab
 
     def edit(mode: str) -> Callable[[], None]:
         return lambda: edit_tab(mode, params, loaded, controls, run_engine, show_gallery)
 
     bodies = (lambda: generate_tab(params, loaded), edit("img2img"), edit("inpaint"),
-              lambda: compare_tab(params, loaded), lambda: info_tab(loaded), history_tab, search_tab)
+              lambda: compare_tab(params, loaded), lambda: info_tab(loaded), history_tab, search_tab,
+              notes_tab)
     for tab, key, body in zip(tabs, names, bodies):
         with tab, guard(f"The {t(key)} tab"):
             body()
