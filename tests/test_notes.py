@@ -183,10 +183,16 @@ def test_trace_guidance_and_sampler_errors():
 def test_clamped_x0_is_always_a_token_embedding():
     d = tiny_diffusion()
     x = torch.randn(2, 12, 8)
-    ids, emb = d.nearest(x)
-    assert torch.equal(emb, d.model.embedding.weight[ids])
+    for rounding in ("logits", "l2"):
+        ids, emb = d.nearest(x, rounding)
+        assert torch.equal(emb, d.model.embedding.weight[ids])
     exact = d.model.embedding.weight[torch.tensor([[7, 8, 9]])]
-    assert d.nearest(exact)[0].tolist() == [[7, 8, 9]]
+    assert d.nearest(exact, "l2")[0].tolist() == [[7, 8, 9]]
+    clamped = d.sample(torch.randint(6, 40, (2, 6)), steps=4, clamp=True, rounding="l2",
+                       gen=torch.Generator().manual_seed(0))
+    assert clamped.shape == (2, 12)
+    with pytest.raises(ConfigError, match="rounding 'cosine'"):
+        d.sample(torch.randint(6, 40, (1, 6)), steps=2, rounding="cosine")
 
 
 def test_diffusion_learns_the_note_of_each_diagnosis(tmp_path):

@@ -29,6 +29,8 @@ def note_command(
     lang: str = typer.Option("auto", "--lang", help="Language of the diagnosis: auto, en, ru, uk."),
     images: bool = typer.Option(False, "--images", help="With --out: also make one X-ray per note "
                                 "(synthex synthesize on OUT/prompts.csv into OUT/images)."),
+    clamp: bool = typer.Option(False, "--clamp", help="Diffusion: the clamping trick (snap each x0 estimate to "
+                               "token embeddings during sampling)."),
     trace: int = typer.Option(0, "--trace", help="Print the text every N denoising steps (diffusion)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON records."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace this tool's own files in --out."),
@@ -49,10 +51,10 @@ def note_command(
     loaded = NoteModel.load(model)
     if out is not None:
         _batch(loaded, list(diagnosis or []), diagnoses, out, n, steps, sampler, seed, guidance, top_p, lang,
-               overwrite, quiet, images)
+               overwrite, quiet, images, clamp)
         return
     notes = loaded.generate(list(diagnosis), n=n, seed=seed, sampler=sampler, steps=steps, guidance=guidance,
-                            top_p=top_p, lang=lang, trace_every=trace)
+                            top_p=top_p, lang=lang, trace_every=trace, clamp=clamp)
     _print(notes, as_json)
 
 
@@ -70,7 +72,8 @@ def _print(notes, as_json: bool) -> None:
         typer.echo(x.text + "\n")
 
 
-def _batch(model, given, file, out, n, steps, sampler, seed, guidance, top_p, lang, overwrite, quiet, images):
+def _batch(model, given, file, out, n, steps, sampler, seed, guidance, top_p, lang, overwrite, quiet, images,
+           clamp=False):
     from tqdm.auto import tqdm
 
     from synthex.notes.batch import NoteBatchOptions, read_diagnoses, write_notes
@@ -81,7 +84,7 @@ def _batch(model, given, file, out, n, steps, sampler, seed, guidance, top_p, la
         read, rejects = read_diagnoses(file)
         items += read
     options = NoteBatchOptions(out, model=str(model.folder), n=n, seed=seed, sampler=sampler, steps=steps,
-                               guidance=guidance, top_p=top_p, lang=lang, overwrite=overwrite)
+                               guidance=guidance, top_p=top_p, lang=lang, overwrite=overwrite, clamp=clamp)
     bar = tqdm(total=len(items) * n, desc="notes", unit="note", disable=quiet)
 
     def progress(done: int, total: int) -> None:

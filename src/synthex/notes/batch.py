@@ -33,10 +33,11 @@ class NoteBatchOptions:
     top_p: float = 0.9
     lang: str = "auto"
     overwrite: bool = False
+    clamp: bool = False
 
     def identity(self, model_name: str) -> dict[str, Any]:
         return {"model": model_name, "n": self.n, "seed": self.seed, "sampler": self.sampler, "steps": self.steps,
-                "guidance": self.guidance, "top_p": self.top_p, "lang": self.lang}
+                "guidance": self.guidance, "top_p": self.top_p, "lang": self.lang, "clamp": self.clamp}
 
 
 @dataclass
@@ -136,7 +137,7 @@ def write_notes(diagnoses: list[str], options: NoteBatchOptions, model=None,
                     continue
                 note = model.generate([diagnosis], n=1, seed=options.seed + k, sampler=options.sampler,
                                       steps=options.steps, guidance=options.guidance, top_p=options.top_p,
-                                      lang=options.lang)[0]
+                                      lang=options.lang, clamp=options.clamp)[0]
                 record = {"index": i, "k": k, **{key: v for key, v in asdict(note).items() if key != "trace"}}
                 fh.write(json.dumps(record) + "\n")
                 fh.flush()

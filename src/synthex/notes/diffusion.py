@@ -19,9 +19,10 @@ Classifier-free guidance: the condition is replaced by [NULL] with probability
 ``cond_dropout``; sampling mixes ``x0_u + w (x0_c - x0_u)``.
 
 Sampling (:func:`sample`): DDIM (eta 0, any number of steps) or DDPM (the ancestral sampler;
-eta 1 on the chosen steps: all 1,000 by default), with the clamping trick (each ``x0`` estimate
-replaced by its nearest token embeddings before the update) and nearest-embedding rounding at
-the end. ``trace`` records the rounded text at chosen steps (the app shows it).
+eta 1 on the chosen steps: all 1,000 by default), optionally with the clamping trick (``clamp``: each ``x0`` estimate replaced by the
+embeddings of the tokens it rounds to before the update; off by default, it made notes worse at
+our training budget), and rounding at the end (``rounding``: ``logits`` = argmax ``x . E^T``, the
+decoder the rounding term trains, default; or ``l2`` = the nearest embedding). ``trace`` records the rounded text at chosen steps (the app shows it).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ OBJECTIVES = ("x0", "eps")
 CONDITIONINGS = ("cross", "prefix")
 SCHEDULES = ("sqrt", "cosine")
 SAMPLERS = ("ddim", "ddpm")
+ROUNDINGS = ("logits", "l2")
 
 
 @dataclass
@@ -219,17 +221,19 @@ class NoteDiffusion:
             x0 = x0_u + guidance * (x0 - x0_u)
         return x0
 
-    def nearest(self, x):
-        """Token ids of the nearest embeddings (L2) and those embeddings."""
-        import torch
-
+    def nearest(self, x, rounding: str = "logits"):
+        """Token ids read from ``x`` and their embeddings: ``logits`` = argmax of ``x . E^T`` (the
+        decoder the rounding term trains; measured better here), ``l2`` = the nearest embedding."""
         e = self.model.embedding.weight
-        dist = (x.pow(2).sum(-1, keepdim=True) - 2 * x @ e.t() + e.pow(2).sum(-1)[None, None])
-        ids = dist.argmin(-1)
+        if rounding == "logits":
+            ids = self.model.logits(x).argmax(-1)
+        else:
+            dist = (x.pow(2).sum(-1, keepdim=True) - 2 * x @ e.t() + e.pow(2).sum(-1)[None, None])
+            ids = dist.argmin(-1)
         return ids, e[ids]
 
-    def sample(self, cond_ids, *, steps: int, sampler: str = "ddim", guidance: float = 1.0, clamp: bool = True,
-               gen=None, trace_every: int = 0, callback: Callable[[int, int], None] | None = None):
+    def sample(self, cond_ids, *, steps: int, sampler: str = "ddim", guidance: float = 1.0, clamp: bool = False,
+               rounding: str = "logits", gen=None, trace_every: int = 0, callback: Callable[[int, int], None] | None = None):
         """Token ids (B, max_len) for conditions (B, C) (``gen``: a generator or one per row);
         with ``trace_every`` also a list of
         ``(t, ids)`` of the rounded ``x0`` estimate every that many steps."""
@@ -238,6 +242,8 @@ class NoteDiffusion:
         a, model = self.arch, self.model
         if sampler not in SAMPLERS:
             raise ConfigError(f"sampler {sampler!r} must be one of {', '.join(SAMPLERS)}")
+        if rounding not in ROUNDINGS:
+            raise ConfigError(f"rounding {rounding!r} must be one of {', '.join(ROUNDINGS)}")
         steps = max(1, min(int(steps), a.diffusion_steps))
         times = torch.linspace(a.diffusion_steps, 1, steps).round().long().unique_consecutive().tolist()
         eta = 1.0 if sampler == "ddpm" else 0.0
@@ -250,14 +256,14 @@ class NoteDiffusion:
             for i, t in enumerate(times):
                 x0 = self._predict(x, t, cond, uncond, sc, guidance)
                 if clamp:
-                    x0 = self.nearest(x0)[1]
+                    x0 = self.nearest(x0, rounding)[1]
                 sc = x0 if a.self_condition else None
                 if trace_every and (i % trace_every == 0 or i == len(times) - 1):
-                    trace.append((t, self.nearest(x0)[0]))
+                    trace.append((t, self.nearest(x0, rounding)[0]))
                 x = self._step(x, x0, t, times[i + 1] if i + 1 < len(times) else 0, eta, gen)
                 if callback is not None:
                     callback(i + 1, len(times))
-            ids = self.nearest(x0)[0]
+            ids = self.nearest(x0, rounding)[0]
         return (ids, trace) if trace_every else ids
 
     def _step(self, x, x0, t: int, t_prev: int, eta: float, gen):

@@ -122,7 +122,7 @@ class NoteModel:
         return torch.tensor([encode(self.tok, c, self.arch.cond_len, eos=False)[0] for c in conditions])
 
     def generate(self, diagnoses: list[str], *, n: int = 1, seed: int = 0, sampler: str = "ddim",
-                 steps: int | None = None, guidance: float = 1.0, top_p: float = 0.9, clamp: bool = True,
+                 steps: int | None = None, guidance: float = 1.0, top_p: float = 0.9, clamp: bool = False,
                  trace_every: int = 0, lang: str = "auto",
                  callback: Callable[[int, int], None] | None = None) -> list[Note]:
         """``n`` notes per diagnosis; note k of a diagnosis uses seed ``seed + k`` (so a note is
