@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from synthex.errors import SynthexError
+from synthex.notes.model import DEFAULT_GUIDANCE
 
 MODEL_HELP = ("Note model: 'diffusion' (the shipped text-diffusion model, default), 'ar' (the shipped GPT-2 "
               "baseline) or RUN/model of 'synthex train note'.")
@@ -23,8 +24,8 @@ def note_command(
     steps: int = typer.Option(None, "--steps", show_default="50 for ddim, 1000 for ddpm", help="Denoising steps."),
     sampler: str = typer.Option("ddim", "--sampler", help="ddim (deterministic, few steps) or ddpm (ancestral)."),
     seed: int = typer.Option(0, "--seed", "-s"),
-    guidance: float = typer.Option(1.0, "--guidance", "--cfg", help="Classifier-free guidance on the diagnosis "
-                                   "(1 = off)."),
+    guidance: float = typer.Option(DEFAULT_GUIDANCE, "--guidance", "--cfg", help="Classifier-free guidance on "
+                                   "the diagnosis (1 = off)."),
     top_p: float = typer.Option(0.9, "--top-p", help="AR model: nucleus sampling (0 = greedy)."),
     lang: str = typer.Option("auto", "--lang", help="Language of the diagnosis: auto, en, ru, uk."),
     images: bool = typer.Option(False, "--images", help="With --out: also make one X-ray per note "

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from synthex.errors import DataSourceError, OutputExistsError
+from synthex.notes.model import DEFAULT_GUIDANCE
 
 OWN_FILES = ("notes.jsonl", "notes.csv", "prompts.csv", "notes.json")
 
@@ -29,7 +30,7 @@ class NoteBatchOptions:
     seed: int = 0
     sampler: str = "ddim"
     steps: int | None = None
-    guidance: float = 1.0
+    guidance: float = DEFAULT_GUIDANCE
     top_p: float = 0.9
     lang: str = "auto"
     overwrite: bool = False

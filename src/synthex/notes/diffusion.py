@@ -233,7 +233,7 @@ class NoteDiffusion:
         return ids, e[ids]
 
     def sample(self, cond_ids, *, steps: int, sampler: str = "ddim", guidance: float = 1.0, clamp: bool = False,
-               rounding: str = "logits", gen=None, trace_every: int = 0, callback: Callable[[int, int], None] | None = None):
+               rounding: str = "logits", self_condition: bool = True, gen=None, trace_every: int = 0, callback: Callable[[int, int], None] | None = None):
         """Token ids (B, max_len) for conditions (B, C) (``gen``: a generator or one per row);
         with ``trace_every`` also a list of
         ``(t, ids)`` of the rounded ``x0`` estimate every that many steps."""
@@ -257,7 +257,7 @@ class NoteDiffusion:
                 x0 = self._predict(x, t, cond, uncond, sc, guidance)
                 if clamp:
                     x0 = self.nearest(x0, rounding)[1]
-                sc = x0 if a.self_condition else None
+                sc = x0 if a.self_condition and self_condition else None  # off: the input stays zeros
                 if trace_every and (i % trace_every == 0 or i == len(times) - 1):
                     trace.append((t, self.nearest(x0, rounding)[0]))
                 x = self._step(x, x0, t, times[i + 1] if i + 1 < len(times) else 0, eta, gen)

@@ -17,6 +17,7 @@ from typing import Any
 import streamlit as st
 
 from synthex.errors import SynthexError
+from synthex.notes.model import DEFAULT_GUIDANCE
 from synthex.ui import state
 
 SYNTHETIC_CAPTION = "Synthetic text — for research, not diagnosis"
@@ -143,7 +144,7 @@ def _sampling_inputs(kind: str | None) -> dict[str, Any]:
     sampler = st.radio("Sampler", SAMPLERS, horizontal=True, key="notes_sampler")
     steps = int(cols[2].number_input("Steps", 1, 1000, DEFAULT_STEPS[sampler], step=1,
                                      key=f"notes_steps_{sampler}"))
-    guidance = float(cols[3].number_input("Guidance", 0.0, 20.0, 1.0, step=0.5, key="notes_guidance"))
+    guidance = float(cols[3].number_input("Guidance", 0.0, 20.0, DEFAULT_GUIDANCE, step=0.5, key="notes_guidance"))
     trace = st.checkbox("Show intermediate denoising steps", key="notes_trace",
                         help=f"About {TRACE_SNAPSHOTS} snapshots of the note while it is denoised.")
     return {"seed": seed, "n": n, "sampler": sampler, "steps": steps, "guidance": guidance,
