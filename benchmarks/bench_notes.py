@@ -100,10 +100,12 @@ def main() -> None:
         row.update(score_notes(texts, [p.diagnosis for p in subset], [p.note for p in subset], train_notes,
                                fluency=fluency))
         rows.append(row)
+        args.out.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(args.out / "notes_eval.csv", index=False)  # kept if a later row fails
         examples[name] = list(zip([p.diagnosis for p in subset[:4]], texts[:4]))
     table = pd.DataFrame(rows)
     ddim = table.loc[table.run.str.contains("same subset"), "s_per_note"].item()
-    ddpm = table.loc[table.run.str.contains("DDPM"), "s_per_note"].item()
+    ddpm = table.loc[table.run.str.endswith("DDPM 1000"), "s_per_note"].item()
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "notes_eval.csv", index=False)
     keep = ["run", "n", "consistency_f1", "consistency_f1_single", "consistency_f1_pairs", "laterality",
