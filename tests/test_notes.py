@@ -402,3 +402,11 @@ def test_missing_pretrained_encoder_is_one_clear_error(notes_csv, tiny_bert, tmp
     with pytest.raises(SynthexError, match="lacks model.safetensors"):
         train(notes_csv, tmp_path / "b", pretrained_embeddings=str(partial))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_damaged_batch_manifest_is_one_clear_error(trained, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.json").write_text("{not json")
+    result = runner.invoke(app, ["note", "normal", "--out", str(out), "--model", str(trained), "--steps", "3", "-q"])
+    assert result.exit_code == 2 and "damaged" in result.output and "--overwrite" in result.output

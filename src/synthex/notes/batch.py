@@ -91,7 +91,11 @@ def _check_folder(out: Path, identity: dict, overwrite: bool) -> None:
             (out / name).unlink(missing_ok=True)
         return
     if manifest.is_file():
-        stored = json.loads(manifest.read_text(encoding="utf-8"))
+        try:
+            stored = json.loads(manifest.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise OutputExistsError(f"{manifest} is damaged ({err}); pass --overwrite to start again or "
+                                    "another --out") from err
         diffs = [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in identity.items() if stored.get(k) != v]
         if diffs:
             raise OutputExistsError(f"{out} holds notes made with other options ({'; '.join(diffs)}); use the same "
@@ -110,7 +114,8 @@ def _done(path: Path) -> dict[tuple[int, int], dict]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        done[(record["index"], record["k"])] = record
+        if isinstance(record, dict) and {"index", "k", "text"} <= set(record):  # others are made again
+            done[(record["index"], record["k"])] = record
     return done
 
 
