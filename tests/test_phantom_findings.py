@@ -167,3 +167,15 @@ def test_contradictions_and_dropped_words_are_errors_not_silently_resolved(text,
 ])
 def test_sides_and_grades_that_do_apply_still_read(text, expected):
     assert [f.describe() for f in parse_findings(text)] == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("No focal consolidation, pneumothorax or pleural effusion.", []),
+    ("There is no focal consolidation, pleural effusion, or pneumothorax. Heart is enlarged.", ["cardiomegaly"]),
+    ("No pleural effusion or pneumothorax, the heart is enlarged.", ["cardiomegaly"]),
+    ("No effusion, stable cardiomegaly.", ["cardiomegaly"]),
+    ("No pneumothorax but a small right pleural effusion.", ["pleural_effusion"]),
+    ("Small right effusion. No pneumothorax, consolidation or edema.", ["pleural_effusion"]),
+])
+def test_a_negation_governs_its_whole_or_list(text, expected):
+    assert [f.name for f in parse_findings(text)] == expected

@@ -333,7 +333,7 @@ def as_findings(value: str | Finding | Mapping | Iterable[str | Finding | Mappin
 # ---------------------------------------------------------------------------------------------
 # Free-text parser
 # ---------------------------------------------------------------------------------------------
-_CLAUSE_SPLIT = re.compile(r"[,;.:\n]+|\b(?:and|with|plus|also)\b")
+_CLAUSE_SPLIT = re.compile(r"[,;.:\n]+|\b(?:and|with|plus|also|but|however|although|though|whereas)\b")
 _PLAIN_SIDES = re.compile(r"\b(?:right|left|bilateral|bilaterally|both|rt|lt|bilat)\b")
 _NEGATION = re.compile(r"\b(?:no|not|without|negative for|free of|resolved|resolution of|absence of|removed)\b")
 # Grading adverbs between the words of a finding phrase ("the heart is mildly enlarged"): removed
@@ -378,6 +378,7 @@ def parse_findings(text: str) -> list[Finding]:
     original = text
     text = _norm(text.replace("/", " ")).replace("x ray", "xray")
     text = re.sub(r"\b(?:right and left|left and right|right and left sided)\b", "bilateral", text)
+    text = _negated_lists(text)
     for clause in _CLAUSE_SPLIT.split(text):
         clause = (clause or "").strip()
         if not clause:
@@ -403,6 +404,33 @@ def parse_findings(text: str) -> list[Finding]:
             raise SynthexError(f"{original!r} both denies and states {name.replace('_', ' ')} ({said_no!r} vs "
                                f"{said_yes!r}); keep one of the two")
     return _merge(found)
+
+
+_SENTENCE_SPLIT = re.compile(r"([.;:\n]+)")
+_LIST_END = re.compile(r"\b(?:or|nor)\b")
+_SCOPE_END = re.compile(r"\b(?:but|however|although|though|except|while|which|whereas|yet)\b")
+
+
+def _negated_lists(text: str) -> str:
+    """A negation governs the whole list it opens: "no consolidation, pneumothorax or effusion"
+    denies all three. Within a sentence, the commas / "and" between a negation word and the last
+    "or"/"nor" of the list (before any "but", "however", ...) are joined into one clause; a list
+    without "or" is left alone ("no effusion, stable cardiomegaly" keeps the cardiomegaly)."""
+    parts = _SENTENCE_SPLIT.split(text)
+    for k in range(0, len(parts), 2):
+        sentence = parts[k]
+        neg = _NEGATION.search(sentence)
+        if not neg:
+            continue
+        stop = _SCOPE_END.search(sentence, neg.end())
+        scope_end = stop.start() if stop else len(sentence)
+        ends = [m for m in _LIST_END.finditer(sentence, neg.end(), scope_end)]
+        if not ends:
+            continue
+        cut = ends[-1].start()
+        middle = re.sub(r",|\band\b|\bwith\b", " or ", sentence[neg.end():cut])
+        parts[k] = sentence[:neg.end()] + middle + sentence[cut:]
+    return "".join(parts)
 
 
 def _check_attributes(names: list[str], attrs: dict[str, str], clause: str, original: str) -> None:
