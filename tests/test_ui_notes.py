@@ -63,7 +63,7 @@ def test_picker_composes_mesh_style_diagnoses():
 
 def test_notes_tab_generates_labelled_notes_with_trace_and_csv(notes_app, note_model):
     at = notes_app
-    assert [tab.label for tab in at.tabs][-2:] == ["Search", "Notes"]
+    assert [tab.label for tab in at.tabs][-3:] == ["Search", "Notes", "Report"]
     use_folder(at, note_model)
     at.text_input(key="notes_free").input("Кардиомегалия")
     at.number_input(key="notes_n").set_value(2)

@@ -17,6 +17,7 @@ from synthex.cli import gan as gan_cli
 from synthex.cli import generate as generate_cli
 from synthex.cli import note as note_cli
 from synthex.cli import phantom as phantom_cli
+from synthex.cli import report as report_cli
 from synthex.cli import search as search_cli
 from synthex.cli import train as train_cli
 from synthex.cli import ui as ui_cli
@@ -37,6 +38,7 @@ app.add_typer(search_cli.app, name="search")
 app.add_typer(gan_cli.app, name="gan")
 generate_cli.register(app)
 note_cli.register(app)
+report_cli.register(app)
 ui_cli.register(app)
 evaluate_cli.register(app)
 

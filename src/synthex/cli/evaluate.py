@@ -46,14 +46,19 @@ def evaluate(
     check_extractors: bool = typer.Option(False, "--check-extractors",
                                           help="Only say which extractors are available here, then exit."),
     task: str = typer.Option("images", "--task", help="images (synthetic vs real, the default) or retrieval "
-                             "(search metrics on the labelled --real folder; same as 'synthex search eval --data')."),
+                             "(search metrics on the labelled --real folder; same as 'synthex search eval --data') or report "
+                             "(image -> report model --model on the test split of the --real prepared folder or "
+                             "report CSV; --n reports, 0 = all)."),
 ) -> None:
     """Evaluate synthetic chest X-rays against real ones; writes a Markdown + HTML report."""
     if task == "retrieval":
         _retrieval(real, out, seed, overwrite, quiet)
         return
+    if task == "report":
+        _report(real, out, model, n, overwrite, quiet)
+        return
     if task != "images":
-        raise SynthexError(f"--task {task!r}: choose images or retrieval")
+        raise SynthexError(f"--task {task!r}: choose images, retrieval or report")
     from synthex.evaluate import EvaluationOptions
     from synthex.evaluate import evaluate as run_evaluation
 
@@ -122,3 +127,29 @@ def _retrieval(real: Optional[Path], out: Optional[Path], seed: int, overwrite: 
     result, paths = evaluate_search(out, data=real, seed=seed, overwrite=overwrite, progress=not quiet)
     typer.echo(to_markdown(result))
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _report(real: Optional[Path], out: Optional[Path], model: Optional[str], n: int, overwrite: bool,
+            quiet: bool) -> None:
+    from synthex.cli.generate import _quiet_libraries
+    from synthex.report.evaluate import evaluate_report_model, to_markdown
+
+    if real is None or out is None:
+        raise SynthexError("--task report needs --real DATA (a 'synthex data prepare' folder or a report CSV) and "
+                           "--out DIR; --model picks the report model (default: the embedded one)")
+    _quiet_libraries()
+    bar = None
+    if not quiet:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="reports", unit="image")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+    results = evaluate_report_model(real, out, model=model, n=n or None, overwrite=overwrite,
+                                    callback=progress if bar else None)
+    if bar:
+        bar.close()
+    typer.echo(to_markdown(results))
+    typer.echo(f"wrote {out / 'report.md'}, {out / 'results.json'}, {out / 'reports.csv'}")

@@ -282,13 +282,7 @@ def note(
                  "arch.conditioning": conditioning, "arch.objective": objective,
                  "arch.self_condition": False if no_self_condition else None,
                  "pretrained_embeddings": pretrained_embeddings}
-    for item in set_values or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            from synthex.errors import ConfigError
-
-            raise ConfigError(f"--set {item!r} must be KEY=VALUE, e.g. --set arch.layers=2")
-        overrides[key.strip()] = yaml.safe_load(value)
+    overrides.update(_set_overrides(set_values))
     cfg = load_note_config(config, overrides)
     if dry_run:
         typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -300,3 +294,60 @@ def note(
                f"parameters {result.parameters / 1e6:.2f}M")
     typer.echo(f"model: {result.model_dir} ({result.steps} steps); log: {out / 'training_log.csv'}")
     typer.echo(f"use it: synthex note 'Cardiomegaly/mild' --model {result.model_dir}")
+
+
+def _set_overrides(set_values: list[str] | None) -> dict:
+    """``--set KEY=VALUE`` options as dotted overrides (values read as YAML)."""
+    import yaml
+
+    from synthex.errors import ConfigError
+
+    out = {}
+    for item in set_values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} must be KEY=VALUE, e.g. --set arch.layers=2")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@app.command()
+def report(
+    data: Path = typer.Option(..., "--data", "-d", help="A 'synthex data prepare' folder (e.g. the phantom IU "
+                              "X-ray set runs/phantom-ds-128) or a CSV with clinical_case, image_path, expected_output."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (config, log, checkpoints, model/)."),
+    config: Path = typer.Option(None, "--config", "-c", help="Report YAML (default: the packaged report_phantom.yaml)."),
+    base: str = typer.Option(None, "--base", help="Fine-tune this model (a report_models preset such as "
+                             "smolvlm-instruct, a folder or a hub id in the local cache) instead of training the "
+                             "small embedded Idefics3 from scratch."),
+    lora: bool = typer.Option(False, "--lora", help="With --base: train LoRA adapters on q/k/v/o/gate/up/down_proj."),
+    load_in_4bit: bool = typer.Option(False, "--4bit", help="With --base --lora: QLoRA (NF4, double quantisation, "
+                                      "bf16 compute; needs bitsandbytes)."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Training steps (a larger value extends a finished run)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    seed: int = typer.Option(None, "--seed", help="Seed of initialisation, batches and the CSV split (default 42)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Examples per step (default 16)."),
+    lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
+    set_values: list[str] = typer.Option(None, "--set", help="KEY=VALUE config override (e.g. arch.text_layers=2)."),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train an image -> structured report model (embedded Idefics3, or LoRA/QLoRA on SmolVLM)."""
+    import yaml
+
+    from synthex.train.report import load_report_config, train_report
+
+    overrides = {"base": base, "lora": True if lora else None, "load_in_4bit": True if load_in_4bit else None,
+                 "max_steps": max_steps, "seed": seed, "batch_size": batch_size, "lr": lr,
+                 **_set_overrides(set_values)}
+    cfg = load_report_config(config, overrides)
+    if dry_run:
+        typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return
+    _set_threads(threads)
+    result = train_report(data, out, cfg, resume=resume, progress=not quiet)
+    typer.echo(f"examples: {result.n_train} train ({len(result.rejects)} rejected rows, see {out / 'rejects.csv'}); "
+               f"parameters: {result.trainable / 1e6:.2f}M trained of {result.parameters / 1e6:.2f}M")
+    typer.echo(f"model: {result.model_dir} ({result.steps} steps); log: {out / 'training_log.csv'}")
+    typer.echo(f"use it: synthex report IMAGE.png --model {result.model_dir}")

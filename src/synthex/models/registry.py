@@ -844,3 +844,112 @@ def _write_hash_cache(data: dict[str, str]) -> None:
         atomic_write(target, lambda fh: fh.write(json.dumps(data, indent=0).encode("utf-8")))
     except OSError as exc:
         logger.debug("hash cache not written: %s", exc)
+
+
+# --------------------------------------------------------------------------------------------
+# Report models (image -> text): transformers folders, resolved and loaded here only
+# --------------------------------------------------------------------------------------------
+REPORT_FILES = ("config.json", "tokenizer.json")
+
+
+@dataclass
+class LoadedReportModel:
+    model: Any
+    processor: Any
+    name: str
+    folder: Path
+    info: dict[str, Any]
+
+
+def embedded_report_dir() -> Path:
+    """Folder of the shipped report model (``synthex/weights/report``)."""
+    import synthex
+
+    return Path(synthex.__file__).parent / "weights" / "report"
+
+
+def report_presets(presets_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The ``report_models:`` presets (packaged, then the user's file)."""
+    return dict(load_presets(presets_file).get("report_models") or {})
+
+
+def _report_missing(folder: Path) -> list[str]:
+    missing = [str(folder / name) for name in REPORT_FILES if not (folder / name).is_file()]
+    if not any((folder / n).is_file() for n in ("processor_config.json", "preprocessor_config.json")):
+        missing.append(str(folder / "processor_config.json (or preprocessor_config.json)"))
+    if not list(folder.glob("*.safetensors")):
+        missing.append(str(folder / "model.safetensors (or model-0000x-of-0000y.safetensors)"))
+    return missing
+
+
+def locate_report_model(model: str | os.PathLike[str] | None = None, *, allow_download: bool | None = None
+                        ) -> tuple[str, Path]:
+    """(name, folder) of a report model: a preset of ``report_models`` (default
+    ``embedded-report``), a local folder or a hub id in the local cache. Nothing is downloaded
+    unless allowed; a missing model is one error naming the files and how to get them."""
+    presets = report_presets()
+    name = str(model or "embedded-report")
+    preset = presets.get(name) or {}
+    source = str(preset.get("source", name))
+    if preset.get("local_env") and os.environ.get(preset["local_env"]):
+        source = expand(os.environ[preset["local_env"]])
+    if source == "embedded-report":
+        folder = embedded_report_dir()
+    elif Path(expand(source)).exists() or not _HUB_ID.match(source):
+        folder = Path(expand(source))
+    else:
+        allow = allow_download_from_env() if allow_download is None else allow_download
+        folder = _cached_snapshot(source) or (_download(source, ["*.json", "*.safetensors", "*.txt", "*.jinja"])
+                                              if allow else None)
+        if folder is None:
+            spec = ModelSpec(name=name, source=source, kind="hub", local_env=preset.get("local_env"))
+            raise _missing_error(f"Report model {name!r} ({source}) is not on this machine.",
+                                 [f"{source}: {', '.join(REPORT_FILES)}, *.safetensors"], _hub_hint(source, spec))
+    missing = _report_missing(folder) if folder.is_dir() else [str(folder)]
+    if missing:
+        hint = (f"Valid names: {', '.join(sorted(presets))}, a folder written by 'synthex train report' "
+                "(RUN/model), or a transformers Idefics3/SmolVLM folder.")
+        raise _missing_error(f"{folder} is not a report model folder.", missing, hint)
+    return name, folder
+
+
+def load_report_model(model: str | os.PathLike[str] | None = None, *, adapter: str | os.PathLike[str] | None = None,
+                      load_in_4bit: bool = False, dtype: torch.dtype | None = None,
+                      allow_download: bool | None = None) -> LoadedReportModel:
+    """Load a report model folder (``AutoModelForImageTextToText`` + ``AutoProcessor``), offline;
+    ``load_in_4bit``: NF4 with double quantisation and bf16 compute (bitsandbytes, as the paper);
+    ``adapter``: a peft LoRA folder applied on top."""
+    name, folder = locate_report_model(model, allow_download=allow_download)
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if load_in_4bit:
+        kwargs.update(quantization_config=nf4_config(), device_map={"": "cuda:0" if torch.cuda.is_available() else "cpu"})
+    elif dtype is not None:
+        kwargs["dtype"] = dtype
+    with _loading(f"report model {folder}"), _quiet_transformers():
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
+        net = AutoModelForImageTextToText.from_pretrained(str(folder), **kwargs)
+        if adapter is not None:
+            from peft import PeftModel
+
+            if not (Path(adapter) / "adapter_config.json").is_file():
+                raise ModelNotFoundError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json); pass "
+                                         "RUN/model of a 'synthex train report --lora' run")
+            net = PeftModel.from_pretrained(net, str(adapter), local_files_only=True)
+    info_file = folder / "synthex_report.json"
+    info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
+    return LoadedReportModel(net, processor, name, folder, info)
+
+
+def nf4_config():
+    """The paper's 4-bit setting: NF4, double quantisation, bf16 compute."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise SynthexError("4-bit loading needs bitsandbytes: pip install bitsandbytes "
+                           "(on a CPU-only machine: pip install --no-deps bitsandbytes)") from exc
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_compute_dtype=torch.bfloat16)

@@ -828,9 +828,10 @@ TRAINERS = {
     "search": ("search-model training folder", "synthex train search"),
     "gan": ("GAN training folder", "synthex train gan"),
     "note": ("note-model training folder", "synthex train note"),
+    "report": ("report-model training folder", "synthex train report"),
 }
 _KIND_TO_TRAINER = {"training run": "base", "LoRA run": "lora", "search training run": "search", "GAN run": "gan",
-                    "note training run": "note"}
+                    "note training run": "note", "report training run": "report"}
 
 
 def read_run_file(path: Path, *, error: type[SynthexError] = SynthexError) -> Any:

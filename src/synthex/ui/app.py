@@ -502,10 +502,11 @@ def main() -> None:
         params = parameter_section()
     loaded = st.session_state.get("active") is not None
     names = ("tab_generate", "tab_img2img", "tab_inpaint", "tab_compare", "tab_info", "tab_history", "tab_search",
-             "tab_notes")
+             "tab_notes", "tab_report")
     tabs = st.tabs([t(k) for k in names])
     from synthex.ui.edit_tab import edit_tab
     from synthex.ui.notes_tab import notes_tab
+    from synthex.ui.report_tab import report_tab
     from synthex.ui.search_tab import search_tab
 
     def edit(mode: str) -> Callable[[], None]:
@@ -513,7 +514,7 @@ def main() -> None:
 
     bodies = (lambda: generate_tab(params, loaded), edit("img2img"), edit("inpaint"),
               lambda: compare_tab(params, loaded), lambda: info_tab(loaded), history_tab, search_tab,
-              notes_tab)
+              notes_tab, report_tab)
     for tab, key, body in zip(tabs, names, bodies):
         with tab, guard(f"The {t(key)} tab"):
             body()

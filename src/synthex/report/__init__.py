@@ -1,0 +1,1 @@
+"""Image -> structured radiology report (issue 14): format, data, model, inference, evaluation."""
