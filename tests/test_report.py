@@ -294,3 +294,22 @@ def test_train_on_the_phantom_set_and_evaluate_task_report(phantom_prepared, tmp
     assert len(list(csv.DictReader((out / "reports.csv").open()))) == 2
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_round_trip_reads_generated_images_back_against_their_prompts(trained):
+    from synthex.evaluate.report import _roundtrip_blocks
+    from synthex.evaluate.types import DEFAULT_METRICS, METRICS
+    from synthex.report.evaluate import round_trip
+
+    root, _, result = trained
+    images = [root / "img" / f"{k}.png" for k in range(3)]
+    prompts = ["Cardiomegaly.", "Right pleural effusion.", "Normal chest x-ray."]
+    r = round_trip(images, prompts, model=str(result.model_dir))
+    assert r["n"] == 3 and 0 <= r["parse_rate"] <= 1
+    c = r["consistency"]
+    assert c["n"] == 3 and c["per_finding"]["cardiomegaly"]["support"] == 1
+    assert c["per_finding"]["pleural_effusion_right"]["support"] == 1
+    assert any(b.kind == "table" for b in _roundtrip_blocks(r))
+    assert "roundtrip" in METRICS and "roundtrip" not in DEFAULT_METRICS
+    with pytest.raises(SynthexError, match="one prompt per image"):
+        round_trip(images, prompts[:2], model=str(result.model_dir))

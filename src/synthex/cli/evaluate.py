@@ -31,7 +31,10 @@ def evaluate(
                                   "(in-project, offline), xrv or inception (need local weights)."),
     xrv_weights: Optional[Path] = typer.Option(None, "--xrv-weights", help="torchxrayvision DenseNet 'all' .pt."),
     metrics: str = typer.Option("fidelity,diversity,alignment,privacy,utility", "--metrics",
-                                help="Comma-separated subset of the metrics."),
+                                help="Comma-separated subset of the metrics; add roundtrip for image -> report -> "
+                                "findings vs the prompt (runs --report-model)."),
+    report_model: Optional[str] = typer.Option(None, "--report-model", help="Report model of the roundtrip "
+                                               "metric (default: the embedded one)."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder (default: "
                                          "<image folder>/.synthex/features)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Label source: columns, mesh or text "
@@ -77,6 +80,7 @@ def evaluate(
         steps=steps, guidance=cfg, extractor=extractor,
         extractor_weights=xrv_weights if extractor == "xrv" else None,
         metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), cache=cache, label_source=labels,
+        report_model=report_model,
         overwrite=overwrite, seed=seed, bootstrap=bootstrap, utility_epochs=utility_epochs, ctr_probe_n=ctr_probe,
         progress=not quiet)
     if model is not None:

@@ -377,6 +377,8 @@ def write_report(out: Path, results: dict, ctx: ReportContext) -> EvaluationResu
         blocks += _privacy_blocks(results["privacy"], out, sets["synthetic"], train)
     if "utility" in results:
         blocks += _utility_blocks(results["utility"], out)
+    if "roundtrip" in results:
+        blocks += _roundtrip_blocks(results["roundtrip"])
     rejects = [f"{name}: {p} ({why})" for name, s in sets.items() for p, why in s.rejects]
     if rejects:
         blocks += [Block("h2", "Rejected files"), Block("list", rejects)]
@@ -395,3 +397,22 @@ def write_report(out: Path, results: dict, ctx: ReportContext) -> EvaluationResu
     text = json.dumps(to_jsonable(payload), indent=1)
     atomic_write(paths[2], lambda h: h.write(text.encode()))
     return EvaluationResult(out, results, *paths, warnings=warnings, skipped=ctx.skipped, timings=t)
+
+
+def _roundtrip_blocks(r: dict) -> list[Block]:
+    """Image -> report (a report model) -> findings, against the findings of the prompt."""
+    c = r["consistency"]
+    rows = [["finding micro-F1 / macro-F1", f"{_f(c['micro_f1'])} / {_f(c['macro_f1'])}"],
+            ["exact finding-set match", _f(c["exact_match"])],
+            ["normal prompts reported normal", _f(c["normal_agreement"])],
+            ["stated side correct (effusion, opacity, ...)", _f(c["laterality_accuracy"])],
+            ["reports that parse into the four fields", _f(r["parse_rate"])]]
+    per = [[name, _f(v["support"]), _f(v["sensitivity"]), _f(v["specificity"]), _f(v["f1"])]
+           for name, v in c["per_finding"].items() if v["support"] or v["fp"]]
+    return [Block("h2", "Round trip: image -> report -> findings"),
+            Block("p", f"Each synthetic image was read by the report model `{r['model']}`; the findings of its "
+                       "report (the project's parser, negation handled) are compared with those of the prompt. "
+                       "This alignment measure does not use the phantom classifier; it is only as good as the "
+                       "report model (see its own evaluation)."),
+            Block("table", rows, ["measure", "value"]),
+            Block("table", per, ["finding", "support", "sensitivity", "specificity", "F1"])]

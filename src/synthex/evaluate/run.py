@@ -229,6 +229,10 @@ def evaluate(options: EvaluationOptions, *, extractors: dict[str, Any] | None = 
             _name_pairs(results[metric], synth, train or real)
         elif metric == "utility":
             results[metric] = _utility(o, real, synth)
+        elif metric == "roundtrip":
+            from synthex.report.evaluate import round_trip
+
+            results[metric] = round_trip(synth.files, synth.texts, model=o.report_model, progress=o.progress)
         timings[metric] = time.perf_counter() - start
     timings["total_before_report"] = time.perf_counter() - t0
     from synthex.evaluate.features import availability
@@ -253,6 +257,8 @@ def _name_pairs(privacy: dict, synth: ImageSet, train: ImageSet) -> None:
 def _missing(metric: str, real: ImageSet, synth: ImageSet) -> str | None:
     if metric == "alignment" and synth.labels is None:
         return "the synthetic set has no prompts/labels (metadata.csv with text, mesh or finding columns)"
+    if metric == "roundtrip" and not synth.texts:
+        return "the round trip needs the synthetic set's prompts (metadata.csv with a text column)"
     if metric == "utility" and (real.labels is None or synth.labels is None):
         return "utility needs labels in both sets (metadata.csv with text, mesh or finding columns)"
     return None

@@ -13,7 +13,9 @@ from synthex.generate.defaults import DEFAULT_GUIDANCE, DEFAULT_N, DEFAULT_STEPS
 if TYPE_CHECKING:  # annotations only: importing the data module here would pull in the phantom code
     from synthex.evaluate.data import ImageSet
 
-METRICS = ("fidelity", "diversity", "alignment", "privacy", "utility")
+METRICS = ("fidelity", "diversity", "alignment", "privacy", "utility", "roundtrip")
+# roundtrip (image -> report -> findings vs the prompt) runs a report model: asked for, not by default
+DEFAULT_METRICS = METRICS[:5]
 REPORT_FILES = ("report.md", "report.html", "results.json")
 
 
@@ -34,7 +36,9 @@ class EvaluationOptions:
     loras: tuple[tuple[str, float], ...] = ()
     extractor: str = "synthex"
     extractor_weights: Path | None = None
-    metrics: tuple[str, ...] = METRICS
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    report_model: str | None = None
+    """Report model of the ``roundtrip`` metric (default: the embedded one)."""
     cache: Path | None = None
     """Feature cache folder; default ``<image folder>/.synthex/features``."""
     label_source: str | None = None

@@ -62,6 +62,30 @@ def score_reports(reports: Sequence[StructuredReport], references: Sequence[str]
     return out
 
 
+def round_trip(images: Sequence[Any], prompts: Sequence[str], *, model: str | None = None, batch_size: int = 8,
+               progress: bool = False) -> dict[str, Any]:
+    """Generated X-ray -> report -> findings, compared with the findings of each image's prompt
+    (:func:`synthex.evaluate.text.finding_consistency`): an alignment measure of a generator that
+    does not rely on the phantom classifier."""
+    from synthex.evaluate.text import finding_consistency
+    from synthex.report.model import ReportModel
+
+    if len(images) != len(prompts) or not images:
+        raise SynthexError(f"round trip: {len(images)} images and {len(prompts)} prompts; give one prompt per image")
+    loaded = ReportModel.load(model)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(images), desc="round trip", unit="image")
+    reports = loaded.generate(list(images), None, batch_size=batch_size,
+                              callback=(lambda done, total: bar.update(done - bar.n)) if bar else None)
+    if bar:
+        bar.close()
+    return {"model": loaded.name, "n": len(reports), "parse_rate": sum(r.parsed for r in reports) / len(reports),
+            "consistency": finding_consistency([finding_text(r) for r in reports], list(prompts))}
+
+
 def _check_out(out: Path, overwrite: bool) -> None:
     ours = {"reports.csv", "results.json", "report.md"}
     if out.exists() and any(out.iterdir()):
